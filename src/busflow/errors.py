@@ -1,0 +1,109 @@
+"""Every error busflow raises on purpose.
+
+The tree, so that a caller can catch as broadly or as narrowly as it needs::
+
+    BusflowError
+    ├── ConfigurationError            a workflow or persistence is set up wrongly (at startup)
+    ├── PersistenceError              reading or writing workflow state failed
+    │   ├── PersistenceConnectionError    the database cannot be reached
+    │   ├── WorkflowConcurrencyError      a stale version, or a workflow that already exists
+    │   ├── StoredStateError              a stored document no longer fits its state model
+    │   ├── InvalidStateValueError        a state value the database cannot store
+    │   └── InvalidLookupValueError       a mapping lookup returned a value that is not a scalar
+    └── BusError                      the bus was used in a way it does not support
+        ├── BusNotRunningError            send or publish on a bus that was disposed
+        └── BusIdleTimeoutError           wait_until_idle timed out (also a TimeoutError)
+
+Driver errors are translated to these at the persistence boundary, and the original is kept
+as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BusError",
+    "BusIdleTimeoutError",
+    "BusNotRunningError",
+    "BusflowError",
+    "ConfigurationError",
+    "InvalidLookupValueError",
+    "InvalidStateValueError",
+    "PersistenceConnectionError",
+    "PersistenceError",
+    "StoredStateError",
+    "WorkflowConcurrencyError",
+]
+
+
+class BusflowError(Exception):
+    """The root of every error that busflow raises on purpose."""
+
+
+class ConfigurationError(BusflowError):
+    """A workflow, mapping or persistence is configured wrongly; raised at startup."""
+
+
+class PersistenceError(BusflowError):
+    """Reading or writing workflow state failed."""
+
+
+class PersistenceConnectionError(PersistenceError):
+    """The database cannot be reached. The message names the host, never a password."""
+
+
+class WorkflowConcurrencyError(PersistenceError):
+    """A save lost a race.
+
+    Raised when the stored version is not the version the state was read at, when a new
+    workflow's id already exists, or when a save would break a uniqueness rule. The bus
+    handles it by reading the state again and re-running the handler.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        collection: str,
+        workflow_id: str,
+        expected_version: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.collection = collection
+        self.workflow_id = workflow_id
+        self.expected_version = expected_version
+
+
+class StoredStateError(PersistenceError):
+    """A stored document does not fit its state model (a renamed field, a wrong type).
+
+    Nothing is overwritten: fix the document or the model, then deliver the message again.
+    """
+
+    def __init__(self, message: str, *, collection: str, workflow_id: object) -> None:
+        super().__init__(message)
+        self.collection = collection
+        self.workflow_id = workflow_id
+
+
+class InvalidStateValueError(PersistenceError):
+    """A state holds a value that the database cannot store. Nothing was written."""
+
+
+class InvalidLookupValueError(PersistenceError):
+    """A mapping's lookup returned a dict, list or other non-scalar value.
+
+    Lookup values come from messages, so they are only ever compared by equality; a
+    structured value is refused rather than risk it being read as a query.
+    """
+
+
+class BusError(BusflowError):
+    """The bus was used in a way it does not support."""
+
+
+class BusNotRunningError(BusError):
+    """A message was sent or published on a bus that has been disposed."""
+
+
+class BusIdleTimeoutError(BusError, TimeoutError):
+    """``wait_until_idle`` reached its timeout while messages were still queued or in flight."""

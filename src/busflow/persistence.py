@@ -1,0 +1,99 @@
+"""The contract between the bus and a store of workflow state.
+
+It brings node-ts/bus's ``Persistence`` interface to Python. A persistence holds workflow
+states, one collection (or table) per state type, and guards each save with the state's
+``workflow_version``: saving version ``n`` succeeds only if the stored version is ``n``, and
+stores ``n + 1``. ``busflow.testing`` holds the contract suite that every implementation runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar, runtime_checkable
+from uuid import UUID
+
+from busflow.errors import InvalidLookupValueError
+from busflow.messages import Message, MessageAttributes
+from busflow.workflow import MessageWorkflowMapping, WorkflowState
+
+__all__ = ["CoreDependencies", "Persistence"]
+
+S = TypeVar("S", bound=WorkflowState)
+
+
+@dataclass(frozen=True)
+class CoreDependencies:
+    """What the bus hands a persistence before startup."""
+
+    logger_factory: Callable[[str], logging.Logger] = field(default=logging.getLogger)
+    """Returns the logger for a name; by default the standard library's ``logging.getLogger``."""
+
+
+@runtime_checkable
+class Persistence(Protocol):
+    """A store of workflow state.
+
+    Beside these four members a persistence may define ``async initialize()`` (open
+    connections) and ``async dispose()`` (close them); the bus calls them when present.
+    Without ``prepare`` a persistence must still work, logging under its own logger name.
+    """
+
+    def prepare(self, core_dependencies: CoreDependencies) -> None:
+        """Receive the bus's dependencies, such as its logger factory, before startup."""
+
+    async def initialize_workflow(
+        self,
+        state_type: type[WorkflowState],
+        mappings: Sequence[MessageWorkflowMapping[Any, Any]],
+    ) -> None:
+        """Set up storage for a state type and the fields its mappings look up (idempotent)."""
+
+    async def get_workflow_state(
+        self,
+        state_type: type[S],
+        mapping: MessageWorkflowMapping[Any, Any],
+        message: Message,
+        attributes: MessageAttributes,
+        include_completed: bool = False,
+    ) -> list[S]:
+        """Return copies of the states whose ``mapping.maps_to`` field equals the lookup.
+
+        Only running states unless ``include_completed``; ``[]`` when the lookup is ``None``.
+        """
+
+    async def save_workflow_state(self, state: WorkflowState) -> None:
+        """Create (version 0) or update (version n) a state, never mutating ``state``.
+
+        Raises ``WorkflowConcurrencyError`` when the stored version is not ``n``, or when a
+        version-0 state's id already exists.
+        """
+
+
+LookupValue = str | int | float | Decimal | UUID | datetime | date
+"""What a lookup may return: a scalar, compared by equality (``bool`` is an ``int``)."""
+
+
+def resolve_lookup(
+    mapping: MessageWorkflowMapping[Any, Any],
+    message: Message,
+    attributes: MessageAttributes,
+    *,
+    where: str,
+) -> LookupValue | None:
+    """Run a mapping's lookup and refuse a value that could be read as a query.
+
+    Persistences call this so that every one treats a lookup alike: ``None`` means "no
+    workflow", a scalar is compared by equality, and anything else (a dict, a list, a model
+    taken from a message) raises ``InvalidLookupValueError`` naming ``where`` and the field.
+    """
+    value = mapping.lookup(message, attributes)
+    if value is None or isinstance(value, LookupValue):
+        return value
+    raise InvalidLookupValueError(
+        f"{where}: the lookup for {mapping.maps_to!r} on {type(message).__name__} returned a "
+        f"{type(value).__name__}; lookups must return a scalar such as a str or None"
+    )

@@ -1,0 +1,36 @@
+"""The persistence contract suite: one set of tests that every ``Persistence`` must pass.
+
+Subclass ``PersistenceContract`` in a test module (give it a name that starts with
+``Test``) and override the ``persistence`` fixture to return a fresh, initialized, empty
+persistence::
+
+    from busflow.testing import PersistenceContract
+
+    class TestMyPersistence(PersistenceContract):
+        @pytest.fixture
+        async def persistence(self):
+            store = MyPersistence(...)
+            await store.initialize()
+            yield store
+            await store.dispose()
+
+Needs pytest and pytest-asyncio (``pip install busflow[test]``).
+"""
+
+from busflow.testing.contract import (
+    Address,
+    ContractMessage,
+    ContractOrder,
+    ContractValues,
+    PersistenceContract,
+    Priority,
+)
+
+__all__ = [
+    "Address",
+    "ContractMessage",
+    "ContractOrder",
+    "ContractValues",
+    "PersistenceContract",
+    "Priority",
+]

@@ -1,0 +1,388 @@
+"""The contract suite behind ``busflow.testing``; see that module for how to use it."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import uuid
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, Field
+
+from busflow.errors import InvalidLookupValueError, WorkflowConcurrencyError
+from busflow.messages import Message, MessageAttributes
+from busflow.persistence import Persistence
+from busflow.workflow import MessageWorkflowMapping, WorkflowState, WorkflowStatus
+
+__all__ = [
+    "Address",
+    "ContractMessage",
+    "ContractOrder",
+    "ContractValues",
+    "PersistenceContract",
+    "Priority",
+]
+
+
+class ContractOrder(WorkflowState):
+    """A state with plain, optional and aliased lookup fields."""
+
+    workflow_name = "busflow-contract/order"
+
+    order_id: str = ""
+    customer: str | None = Field(default=None, alias="customerRef")
+    items: list[str] = Field(default_factory=list)
+
+
+class Priority(enum.Enum):
+    LOW = "low"
+    HIGH = "high"
+
+
+class Address(BaseModel):
+    street: str
+    tags: list[str] = Field(default_factory=list)
+
+
+class ContractValues(WorkflowState):
+    """A state holding a value of every type a state may hold."""
+
+    workflow_name = "busflow-contract/values"
+
+    key: str = ""
+    text: str = ""
+    count: int = 0
+    big: int = 0
+    ratio: float = 0.0
+    flag: bool = False
+    nothing: str | None = None
+    at: datetime | None = None
+    day: date | None = None
+    amount: Decimal | None = None
+    reference: uuid.UUID | None = None
+    priority: Priority = Priority.LOW
+    address: Address | None = None
+    numbers: list[int] = Field(default_factory=list)
+    labels: dict[str, Any] = Field(default_factory=dict)
+    history: list[Address] = Field(default_factory=list)
+
+
+class ContractMessage(Message):
+    """A message whose ``value`` the contract's mappings look up."""
+
+    value: Any = None
+
+
+def _mapping(maps_to: str) -> MessageWorkflowMapping[ContractMessage, Any]:
+    return MessageWorkflowMapping(
+        lookup=lambda message, _attributes: message.value, maps_to=maps_to
+    )
+
+
+BY_ORDER_ID = _mapping("order_id")
+BY_CUSTOMER = _mapping("customer")
+BY_WORKFLOW_ID = _mapping("workflow_id")
+BY_KEY = _mapping("key")
+ATTRIBUTES = MessageAttributes()
+
+
+def new_order(**fields: Any) -> ContractOrder:
+    return ContractOrder.model_validate({"workflow_id": str(uuid.uuid4()), **fields}, by_name=True)
+
+
+class PersistenceContract:
+    """Tests every persistence must pass. Override the ``persistence`` fixture."""
+
+    @pytest.fixture
+    def persistence(self) -> Persistence:
+        raise NotImplementedError("override the persistence fixture in your subclass")
+
+    @pytest.fixture
+    async def store(self, persistence: Persistence) -> Persistence:
+        await persistence.initialize_workflow(ContractOrder, [BY_ORDER_ID, BY_CUSTOMER])
+        await persistence.initialize_workflow(ContractValues, [BY_KEY])
+        return persistence
+
+    async def find(
+        self,
+        store: Persistence,
+        mapping: MessageWorkflowMapping[Any, Any],
+        value: object,
+        *,
+        state_type: type[WorkflowState] = ContractOrder,
+        include_completed: bool = False,
+    ) -> list[Any]:
+        return await store.get_workflow_state(
+            state_type, mapping, ContractMessage(value=value), ATTRIBUTES, include_completed
+        )
+
+    # creating and finding
+
+    async def test_a_saved_state_is_found_through_each_mapping(self, store: Persistence) -> None:
+        order = new_order(order_id="o-1", customer="c-1", items=["apple"])
+        await store.save_workflow_state(order)
+
+        for mapping, value in [
+            (BY_ORDER_ID, "o-1"),
+            (BY_CUSTOMER, "c-1"),
+            (BY_WORKFLOW_ID, order.workflow_id),
+        ]:
+            [found] = await self.find(store, mapping, value)
+            assert found.workflow_id == order.workflow_id
+            assert found.order_id == "o-1"
+            assert found.customer == "c-1"
+            assert found.items == ["apple"]
+            assert found.workflow_version == 1
+            assert found.workflow_status is WorkflowStatus.RUNNING
+
+    async def test_a_lookup_finds_every_matching_state_and_nothing_else(
+        self, store: Persistence
+    ) -> None:
+        mine = [new_order(order_id=f"o-{n}", customer="c-many") for n in range(3)]
+        for order in [*mine, new_order(order_id="o-x", customer="c-other")]:
+            await store.save_workflow_state(order)
+
+        found = await self.find(store, BY_CUSTOMER, "c-many")
+
+        assert sorted(state.order_id for state in found) == ["o-0", "o-1", "o-2"]
+        assert await self.find(store, BY_CUSTOMER, "c-nobody") == []
+
+    async def test_a_lookup_returns_large_results_whole(self, store: Persistence) -> None:
+        for n in range(250):
+            await store.save_workflow_state(new_order(order_id=f"o-{n}", customer="c-big"))
+
+        found = await self.find(store, BY_CUSTOMER, "c-big")
+
+        assert len(found) == 250
+        assert len({state.workflow_id for state in found}) == 250
+
+    async def test_a_lookup_of_none_returns_nothing(self, store: Persistence) -> None:
+        await store.save_workflow_state(new_order(order_id="o-1"))  # customer is None
+
+        assert await self.find(store, BY_CUSTOMER, None) == []
+
+    async def test_a_lookup_value_is_compared_by_equality_only(self, store: Persistence) -> None:
+        await store.save_workflow_state(new_order(order_id="o-1"))
+        literal = new_order(order_id="$ne")
+        await store.save_workflow_state(literal)
+
+        [found] = await self.find(store, BY_ORDER_ID, "$ne")
+        assert found.workflow_id == literal.workflow_id
+        assert await self.find(store, BY_ORDER_ID, "$where") == []
+
+    @pytest.mark.parametrize("value", [{"$ne": None}, ["o-1"], {"$gt": ""}])
+    async def test_a_structured_lookup_value_is_refused(
+        self, store: Persistence, value: object
+    ) -> None:
+        await store.save_workflow_state(new_order(order_id="o-1"))
+
+        with pytest.raises(InvalidLookupValueError, match="order_id"):
+            await self.find(store, BY_ORDER_ID, value)
+
+    async def test_running_states_only_unless_completed_are_asked_for(
+        self, store: Persistence
+    ) -> None:
+        running = new_order(order_id="o-1", customer="c-1")
+        done = new_order(order_id="o-2", customer="c-1")
+        await store.save_workflow_state(running)
+        await store.save_workflow_state(done)
+        [stored_done] = await self.find(store, BY_ORDER_ID, "o-2")
+        await store.save_workflow_state(
+            stored_done.model_copy(update={"workflow_status": WorkflowStatus.COMPLETE})
+        )
+
+        assert [s.order_id for s in await self.find(store, BY_CUSTOMER, "c-1")] == ["o-1"]
+        assert await self.find(store, BY_ORDER_ID, "o-2") == []
+        [completed] = await self.find(store, BY_ORDER_ID, "o-2", include_completed=True)
+        assert completed.workflow_status is WorkflowStatus.COMPLETE
+        assert completed.workflow_version == 2
+        both = await self.find(store, BY_CUSTOMER, "c-1", include_completed=True)
+        assert sorted(s.order_id for s in both) == ["o-1", "o-2"]
+
+    # versions and conflicts
+
+    async def test_each_save_increments_the_version(self, store: Persistence) -> None:
+        order = new_order(order_id="o-1")
+        await store.save_workflow_state(order)
+        for expected_version in (1, 2, 3):
+            [stored] = await self.find(store, BY_ORDER_ID, "o-1")
+            assert stored.workflow_version == expected_version
+            await store.save_workflow_state(
+                stored.model_copy(update={"items": ["x"] * expected_version})
+            )
+
+        [final] = await self.find(store, BY_ORDER_ID, "o-1")
+        assert final.workflow_version == 4
+        assert final.items == ["x", "x", "x"]
+
+    async def test_a_stale_save_conflicts_and_changes_nothing(self, store: Persistence) -> None:
+        await store.save_workflow_state(new_order(order_id="o-1"))
+        [first_read] = await self.find(store, BY_ORDER_ID, "o-1")
+        [second_read] = await self.find(store, BY_ORDER_ID, "o-1")
+        await store.save_workflow_state(first_read.model_copy(update={"items": ["winner"]}))
+
+        with pytest.raises(WorkflowConcurrencyError) as raised:
+            await store.save_workflow_state(second_read.model_copy(update={"items": ["loser"]}))
+
+        assert raised.value.workflow_id == second_read.workflow_id
+        assert raised.value.expected_version == 1
+        assert second_read.workflow_id in str(raised.value)
+        [stored] = await self.find(store, BY_ORDER_ID, "o-1")
+        assert stored.items == ["winner"]
+        assert stored.workflow_version == 2
+
+    async def test_creating_an_existing_id_conflicts(self, store: Persistence) -> None:
+        order = new_order(order_id="o-1")
+        await store.save_workflow_state(order)
+
+        with pytest.raises(WorkflowConcurrencyError) as raised:
+            await store.save_workflow_state(order.model_copy(update={"order_id": "o-2"}))
+
+        assert raised.value.workflow_id == order.workflow_id
+        [stored] = await self.find(store, BY_WORKFLOW_ID, order.workflow_id)
+        assert stored.order_id == "o-1"
+
+    async def test_updating_a_missing_state_conflicts(self, store: Persistence) -> None:
+        ghost = new_order(order_id="o-ghost").model_copy(update={"workflow_version": 3})
+
+        with pytest.raises(WorkflowConcurrencyError):
+            await store.save_workflow_state(ghost)
+
+        assert await self.find(store, BY_ORDER_ID, "o-ghost") == []
+
+    async def test_of_concurrent_saves_of_one_version_exactly_one_wins(
+        self, store: Persistence
+    ) -> None:
+        await store.save_workflow_state(new_order(order_id="o-1"))
+        [read] = await self.find(store, BY_ORDER_ID, "o-1")
+        attempts = [read.model_copy(update={"items": [f"writer-{n}"]}) for n in range(10)]
+
+        results = await asyncio.gather(
+            *(store.save_workflow_state(attempt) for attempt in attempts), return_exceptions=True
+        )
+
+        winners = [n for n, result in enumerate(results) if result is None]
+        assert len(winners) == 1, results
+        assert all(isinstance(r, WorkflowConcurrencyError) for r in results if r is not None)
+        [stored] = await self.find(store, BY_ORDER_ID, "o-1")
+        assert stored.items == [f"writer-{winners[0]}"]
+        assert stored.workflow_version == 2
+
+    async def test_concurrent_creates_of_one_id_exactly_one_wins(self, store: Persistence) -> None:
+        workflow_id = str(uuid.uuid4())
+        attempts = [
+            new_order(order_id=f"o-{n}").model_copy(update={"workflow_id": workflow_id})
+            for n in range(5)
+        ]
+
+        results = await asyncio.gather(
+            *(store.save_workflow_state(attempt) for attempt in attempts), return_exceptions=True
+        )
+
+        assert sum(result is None for result in results) == 1, results
+        assert len(await self.find(store, BY_WORKFLOW_ID, workflow_id)) == 1
+
+    # copies, not live objects
+
+    async def test_saving_never_changes_the_callers_state(self, store: Persistence) -> None:
+        order = new_order(order_id="o-1", items=["a"])
+        before = order.model_dump()
+
+        await store.save_workflow_state(order)
+        order.items.append("changed after saving")
+
+        assert order.workflow_version == before["workflow_version"] == 0
+        [stored] = await self.find(store, BY_ORDER_ID, "o-1")
+        assert stored.items == ["a"]
+
+    async def test_found_states_are_copies(self, store: Persistence) -> None:
+        await store.save_workflow_state(new_order(order_id="o-1", items=["a"]))
+        [first] = await self.find(store, BY_ORDER_ID, "o-1")
+
+        first.items.append("changed in memory")
+        first.order_id = "o-changed"
+
+        [again] = await self.find(store, BY_ORDER_ID, "o-1")
+        assert again.items == ["a"]
+
+    # types and isolation
+
+    async def test_state_types_are_isolated(self, store: Persistence) -> None:
+        shared_id = str(uuid.uuid4())
+        await store.save_workflow_state(
+            new_order(order_id="o-1").model_copy(update={"workflow_id": shared_id})
+        )
+        await store.save_workflow_state(ContractValues(workflow_id=shared_id, key="o-1"))
+
+        [order] = await self.find(store, BY_WORKFLOW_ID, shared_id)
+        [values] = await self.find(store, BY_WORKFLOW_ID, shared_id, state_type=ContractValues)
+        assert isinstance(order, ContractOrder)
+        assert isinstance(values, ContractValues)
+        assert values.key == "o-1"
+
+    async def test_values_of_every_type_come_back_as_they_went_in(self, store: Persistence) -> None:
+        state = ContractValues(
+            workflow_id=str(uuid.uuid4()),
+            key="every-type",
+            text="grüße, 世界 $ne {}",
+            count=-42,
+            big=2**62,
+            ratio=0.1,
+            flag=True,
+            nothing=None,
+            at=datetime(2026, 11, 25, 21, 39, 14, 123000, tzinfo=UTC),
+            day=date(2026, 2, 28),
+            amount=Decimal("1234.50"),
+            reference=uuid.UUID("12345678-1234-5678-1234-567812345678"),
+            priority=Priority.HIGH,
+            address=Address(street="1 Main St", tags=["home"]),
+            numbers=[1, 2, 3],
+            labels={"nested": {"deep": [1, "two", None, True]}, "when": "later"},
+            history=[Address(street="old"), Address(street="older", tags=["x"])],
+        )
+
+        await store.save_workflow_state(state)
+        [stored] = await self.find(store, BY_KEY, "every-type", state_type=ContractValues)
+
+        expected = state.model_copy(update={"workflow_version": 1})
+        assert stored == expected
+        assert stored.at is not None
+        assert stored.at.utcoffset() == timedelta(0)
+        assert type(stored.amount) is Decimal
+        assert str(stored.amount) == "1234.50"
+        assert type(stored.reference) is uuid.UUID
+        assert type(stored.day) is date
+
+    async def test_an_aware_datetime_in_another_zone_is_the_same_instant(
+        self, store: Persistence
+    ) -> None:
+        plus_two = datetime(2026, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+        await store.save_workflow_state(
+            ContractValues(workflow_id=str(uuid.uuid4()), key="zone", at=plus_two)
+        )
+
+        [stored] = await self.find(store, BY_KEY, "zone", state_type=ContractValues)
+
+        assert stored.at == plus_two
+
+    # setup and logging
+
+    async def test_initialize_workflow_is_idempotent(self, store: Persistence) -> None:
+        await store.save_workflow_state(new_order(order_id="o-1"))
+
+        await store.initialize_workflow(ContractOrder, [BY_ORDER_ID, BY_CUSTOMER])
+        await store.initialize_workflow(ContractOrder, [BY_ORDER_ID, BY_CUSTOMER])
+
+        assert len(await self.find(store, BY_ORDER_ID, "o-1")) == 1
+
+    async def test_it_logs_under_a_busflow_logger_without_prepare(
+        self, store: Persistence, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with caplog.at_level(logging.DEBUG, logger="busflow"):
+            await store.save_workflow_state(new_order(order_id="o-logged"))
+
+        assert any(record.name.startswith("busflow") for record in caplog.records)

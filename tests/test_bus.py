@@ -1,0 +1,596 @@
+"""The bus's semantics, on InMemoryPersistence (which yields like a real store)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from busflow import (
+    Bus,
+    BusError,
+    BusNotRunningError,
+    ConfigurationError,
+    InMemoryPersistence,
+    Message,
+    MessageAttributes,
+    MessageWorkflowMapping,
+    RetryPolicy,
+    Workflow,
+    WorkflowMapper,
+    WorkflowState,
+    WorkflowStatus,
+)
+from tests.scenarios import BY_ORDER, CartState, CartWorkflow, OrderPlaced, run_cart_race
+
+FAST_RETRIES = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.005)
+
+
+class PaymentRequested(Message):
+    order_id: str
+    amount: int
+
+
+class PaymentTaken(Message):
+    order_id: str
+
+
+class ShipOrder(Message):
+    order_id: str
+
+
+class PaymentState(WorkflowState):
+    workflow_name = "test/payment"
+
+    order_id: str = ""
+    amount: int = 0
+    paid: bool = False
+
+
+class PaymentWorkflow(Workflow[PaymentState]):
+    """Asks for payment, waits for the reply by sticky workflow_id, then ships."""
+
+    def configure_workflow(self, mapper: WorkflowMapper[PaymentState]) -> None:
+        mapper.with_state(PaymentState).started_by(PaymentRequested, self.requested).when(
+            PaymentTaken, self.taken
+        )
+
+    async def requested(
+        self, message: PaymentRequested, state: PaymentState, attributes: MessageAttributes
+    ) -> dict[str, Any]:
+        await self.bus.send(TakePayment(order_id=message.order_id))
+        return {"order_id": message.order_id, "amount": message.amount}
+
+    async def taken(
+        self, message: PaymentTaken, state: PaymentState, attributes: MessageAttributes
+    ) -> dict[str, Any]:
+        await self.bus.send(ShipOrder(order_id=state.order_id))
+        return self.complete_workflow(paid=True)
+
+
+class TakePayment(Message):
+    order_id: str
+
+
+def payment_bus(**handlers: Any) -> tuple[Bus, list[tuple[Message, MessageAttributes]]]:
+    """A bus whose payment service replies to TakePayment, and which records ShipOrder."""
+    shipped: list[tuple[Message, MessageAttributes]] = []
+
+    async def take_payment(message: TakePayment, attributes: MessageAttributes) -> None:
+        await bus.send(PaymentTaken(order_id=message.order_id))
+
+    async def ship(message: ShipOrder, attributes: MessageAttributes) -> None:
+        shipped.append((message, attributes))
+
+    bus = (
+        Bus.configure()
+        .with_workflow(PaymentWorkflow)
+        .with_handler(TakePayment, take_payment)
+        .with_handler(ShipOrder, ship)
+        .with_concurrency(4)
+        .with_retry_policy(FAST_RETRIES)
+        .build()
+    )
+    return bus, shipped
+
+
+async def find(
+    bus: Bus, state_type: type[Any], field: str, value: str, completed: bool = True
+) -> list[Any]:
+    mapping: MessageWorkflowMapping[Any, Any] = MessageWorkflowMapping(
+        lookup=lambda _m, _a: value, maps_to=field
+    )
+    return await bus.persistence.get_workflow_state(
+        state_type, mapping, Message(), MessageAttributes(), completed
+    )
+
+
+# the happy path, and replies by sticky workflow_id
+
+
+async def test_a_workflow_runs_from_start_to_completion() -> None:
+    bus, shipped = payment_bus()
+    async with bus:
+        await bus.send(PaymentRequested(order_id="o-1", amount=30))
+        await bus.wait_until_idle(timeout=5)
+
+    [state] = await find(bus, PaymentState, "order_id", "o-1")
+    assert state.workflow_status is WorkflowStatus.COMPLETE
+    assert state.paid
+    assert state.amount == 30
+    assert state.workflow_version == 2
+    [(message, attributes)] = shipped
+    assert message == ShipOrder(order_id="o-1")
+    assert attributes.sticky_attributes["workflow_id"] == state.workflow_id
+
+
+async def test_sticky_workflow_ids_do_not_leak_between_concurrent_handlers() -> None:
+    bus, shipped = payment_bus()
+    async with bus:
+        for n in range(40):
+            await bus.send(PaymentRequested(order_id=f"o-{n}", amount=n))
+        await bus.wait_until_idle(timeout=10)
+
+    assert len(shipped) == 40
+    for message, attributes in shipped:
+        assert isinstance(message, ShipOrder)
+        [state] = await find(bus, PaymentState, "order_id", message.order_id)
+        assert attributes.sticky_attributes["workflow_id"] == state.workflow_id
+        assert state.paid
+
+
+async def test_sticky_and_correlation_attributes_follow_the_conversation() -> None:
+    bus, shipped = payment_bus()
+    async with bus:
+        await bus.send(
+            PaymentRequested(order_id="o-1", amount=1),
+            MessageAttributes(correlation_id="corr-1", sticky_attributes={"tenant": "acme"}),
+        )
+        await bus.wait_until_idle(timeout=5)
+
+    [(_, attributes)] = shipped
+    assert attributes.correlation_id == "corr-1"
+    assert attributes.sticky_attributes["tenant"] == "acme"
+
+
+# concurrency
+
+
+async def test_racing_messages_lose_no_update() -> None:
+    bus = Bus.configure().with_workflow(CartWorkflow).with_concurrency(10).build()
+    async with bus:
+        result = await run_cart_race(bus, orders=100)
+
+    assert result.lost == []
+    assert result.complete == 100
+    assert result.dead_letters == 0
+    assert result.conflicts > 0, "the race was not real: no save ever conflicted"
+
+
+class TwoTargets(Message):
+    group: str
+
+
+class GroupState(WorkflowState):
+    workflow_name = "test/group"
+
+    group: str = ""
+    name: str = ""
+    seen: int = 0
+
+
+class GroupWorkflow(Workflow[GroupState]):
+    def __init__(self) -> None:
+        self.runs: dict[str, int] = {}
+        self.interfere_with: str | None = None
+
+    def configure_workflow(self, mapper: WorkflowMapper[GroupState]) -> None:
+        mapper.with_state(GroupState).started_by(StartGroup, self.start).when(
+            TwoTargets,
+            self.touch,
+            MessageWorkflowMapping(lambda message, _a: message.group, "group"),
+        )
+
+    async def start(
+        self, message: StartGroup, state: GroupState, _a: MessageAttributes
+    ) -> dict[str, Any]:
+        return {"group": message.group, "name": message.name}
+
+    async def touch(
+        self, message: TwoTargets, state: GroupState, _a: MessageAttributes
+    ) -> dict[str, Any]:
+        self.runs[state.name] = self.runs.get(state.name, 0) + 1
+        if state.name == self.interfere_with:
+            self.interfere_with = None
+            # Another writer saves this workflow while the handler runs.
+            await persistence_of(self).save_workflow_state(state.model_copy(update={"seen": 100}))
+        return {"seen": state.seen + 1}
+
+
+class StartGroup(Message):
+    group: str
+    name: str
+
+
+def persistence_of(workflow: Workflow[Any]) -> InMemoryPersistence:
+    bus = workflow.bus
+    assert isinstance(bus, Bus)
+    assert isinstance(bus.persistence, InMemoryPersistence)
+    return bus.persistence
+
+
+async def test_a_conflict_reruns_the_handler_for_that_workflow_only() -> None:
+    workflow = GroupWorkflow()
+    bus = Bus.configure().with_workflow(workflow).with_retry_policy(FAST_RETRIES).build()
+    async with bus:
+        await bus.send(StartGroup(group="g", name="a"))
+        await bus.send(StartGroup(group="g", name="b"))
+        await bus.wait_until_idle(timeout=5)
+        workflow.interfere_with = "b"
+
+        await bus.send(TwoTargets(group="g"))
+        await bus.wait_until_idle(timeout=5)
+
+    assert workflow.runs == {"a": 1, "b": 2}
+    states = {state.name: state for state in await find(bus, GroupState, "group", "g")}
+    assert states["a"].seen == 1
+    assert states["b"].seen == 101, "the re-run must see the other writer's change"
+    assert bus.metrics.conflicts == 1
+
+
+class Ping(Message):
+    key: str
+
+
+class Pong(Message):
+    key: str
+
+
+class ConflictingSenderState(WorkflowState):
+    workflow_name = "test/conflicting-sender"
+
+    key: str = ""
+    count: int = 0
+
+
+class ConflictingSender(Workflow[ConflictingSenderState]):
+    """Sends Pong on every Ping; the first save of each handler run is made to conflict."""
+
+    def __init__(self) -> None:
+        self.conflict_next = True
+
+    def configure_workflow(self, mapper: WorkflowMapper[ConflictingSenderState]) -> None:
+        mapper.with_state(ConflictingSenderState).started_by(StartGroup, self.start).when(
+            Ping, self.ping, MessageWorkflowMapping(lambda m, _a: m.key, "key")
+        )
+
+    async def start(
+        self, message: StartGroup, _s: ConflictingSenderState, _a: MessageAttributes
+    ) -> dict[str, Any]:
+        return {"key": message.group}
+
+    async def ping(
+        self, message: Ping, state: ConflictingSenderState, _a: MessageAttributes
+    ) -> dict[str, Any]:
+        await self.bus.send(Pong(key=message.key))
+        if self.conflict_next:
+            self.conflict_next = False
+            await persistence_of(self).save_workflow_state(state)
+        return {"count": state.count + 1}
+
+
+async def test_messages_leave_only_after_the_save_and_once() -> None:
+    pongs: list[Pong] = []
+
+    async def on_pong(message: Pong, _a: MessageAttributes) -> None:
+        pongs.append(message)
+
+    workflow = ConflictingSender()
+    bus = (
+        Bus.configure()
+        .with_workflow(workflow)
+        .with_handler(Pong, on_pong)
+        .with_retry_policy(FAST_RETRIES)
+        .build()
+    )
+    async with bus:
+        await bus.send(StartGroup(group="k", name="x"))
+        await bus.wait_until_idle(timeout=5)
+        await bus.send(Ping(key="k"))
+        await bus.wait_until_idle(timeout=5)
+
+    assert bus.metrics.conflicts == 1
+    assert pongs == [Pong(key="k")], "the conflicted run must not have sent its Pong"
+
+
+# handler results
+
+
+class Rename(Message):
+    key: str
+
+
+class RenameState(WorkflowState):
+    workflow_name = "test/rename"
+
+    key: str = ""
+    label: str = ""
+
+
+class WholeStateWorkflow(Workflow[RenameState]):
+    def configure_workflow(self, mapper: WorkflowMapper[RenameState]) -> None:
+        mapper.with_state(RenameState).started_by(StartGroup, self.start).when(
+            Rename, self.rename, MessageWorkflowMapping(lambda m, _a: m.key, "key")
+        )
+
+    async def start(
+        self, message: StartGroup, state: RenameState, _a: MessageAttributes
+    ) -> RenameState:
+        return state.model_copy(update={"key": message.group})
+
+    async def rename(
+        self, message: Rename, state: RenameState, _a: MessageAttributes
+    ) -> RenameState:
+        return RenameState(
+            workflow_id="hijacked", workflow_version=99, key=state.key, label="renamed"
+        )
+
+
+async def test_a_returned_state_cannot_change_the_id_or_version() -> None:
+    bus = Bus.configure().with_workflow(WholeStateWorkflow).build()
+    async with bus:
+        await bus.send(StartGroup(group="k", name="x"))
+        await bus.wait_until_idle(timeout=5)
+        [started] = await find(bus, RenameState, "key", "k")
+        await bus.send(Rename(key="k"))
+        await bus.wait_until_idle(timeout=5)
+
+    [renamed] = await find(bus, RenameState, "key", "k")
+    assert renamed.workflow_id == started.workflow_id
+    assert renamed.workflow_version == 2
+    assert renamed.label == "renamed"
+    assert await find(bus, RenameState, "workflow_id", "hijacked") == []
+
+
+class MaybeStart(Message):
+    key: str
+    wanted: bool
+
+
+class DiscardState(WorkflowState):
+    workflow_name = "test/discard"
+
+    key: str = ""
+
+
+class DiscardingWorkflow(Workflow[DiscardState]):
+    def configure_workflow(self, mapper: WorkflowMapper[DiscardState]) -> None:
+        mapper.with_state(DiscardState).started_by(MaybeStart, self.maybe)
+
+    async def maybe(
+        self, message: MaybeStart, state: DiscardState, _a: MessageAttributes
+    ) -> dict[str, Any] | None:
+        if not message.wanted:
+            return self.discard_workflow()
+        if message.key == "defaults":
+            return None
+        return {"key": message.key}
+
+
+async def test_started_by_saves_unless_discarded() -> None:
+    bus = Bus.configure().with_workflow(DiscardingWorkflow).build()
+    async with bus:
+        await bus.send(MaybeStart(key="kept", wanted=True))
+        await bus.send(MaybeStart(key="dropped", wanted=False))
+        await bus.send(MaybeStart(key="defaults", wanted=True))
+        await bus.wait_until_idle(timeout=5)
+
+    [kept] = await find(bus, DiscardState, "key", "kept")
+    assert kept.workflow_version == 1
+    assert await find(bus, DiscardState, "key", "dropped") == []
+    [unchanged] = await find(bus, DiscardState, "key", "")
+    assert unchanged.workflow_status is WorkflowStatus.RUNNING
+
+
+async def test_a_completed_workflow_gets_no_more_messages() -> None:
+    bus, shipped = payment_bus()
+    async with bus:
+        await bus.send(PaymentRequested(order_id="o-1", amount=1))
+        await bus.wait_until_idle(timeout=5)
+        [done] = await find(bus, PaymentState, "order_id", "o-1")
+
+        await bus.send(
+            PaymentTaken(order_id="o-1"),
+            MessageAttributes(sticky_attributes={"workflow_id": done.workflow_id}),
+        )
+        await bus.wait_until_idle(timeout=5)
+
+    assert len(shipped) == 1
+    assert bus.metrics.unmatched == 1
+    [after] = await find(bus, PaymentState, "order_id", "o-1")
+    assert after.workflow_version == done.workflow_version
+    assert await find(bus, PaymentState, "order_id", "o-1", completed=False) == []
+
+
+async def test_an_unmatched_message_is_logged_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    bus, shipped = payment_bus()
+    with caplog.at_level(logging.INFO, logger="busflow"):
+        async with bus:
+            await bus.send(
+                PaymentTaken(order_id="nobody"),
+                MessageAttributes(sticky_attributes={"workflow_id": "missing"}),
+            )
+            await bus.wait_until_idle(timeout=5)
+
+    assert shipped == []
+    assert bus.dead_letters == []
+    assert any(
+        "missing" in record.getMessage() and "ignored" in record.getMessage()
+        for record in caplog.records
+    )
+
+
+# failures, retries and dead letters
+
+
+async def test_a_failing_handler_is_retried_until_it_succeeds() -> None:
+    calls: list[int] = []
+
+    async def flaky(message: Ping, _a: MessageAttributes) -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("not yet")
+
+    bus = Bus.configure().with_handler(Ping, flaky).with_retry_policy(FAST_RETRIES).build()
+    async with bus:
+        await bus.send(Ping(key="k"))
+        await bus.wait_until_idle(timeout=5)
+
+    assert len(calls) == 3
+    assert bus.dead_letters == []
+
+
+async def test_a_message_that_keeps_failing_is_dead_lettered_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(message: Ping, _a: MessageAttributes) -> None:
+        raise RuntimeError("the payment provider is down")
+
+    bus = Bus.configure().with_handler(Ping, broken).build()  # the default retry policy
+    attributes = MessageAttributes(correlation_id="c-1")
+    with caplog.at_level(logging.ERROR, logger="busflow"):
+        async with bus:
+            await bus.send(Ping(key="k"), attributes)
+            await bus.wait_until_idle(timeout=5)  # the defaults give up within a few seconds
+
+    [dead] = bus.dead_letters
+    assert dead.message == Ping(key="k")
+    assert dead.attributes == attributes
+    assert isinstance(dead.error, RuntimeError)
+    assert dead.attempts == RetryPolicy().max_attempts
+    assert "broken" in dead.handler
+    assert any("dead_letters" in record.getMessage() for record in caplog.records)
+
+
+# lifecycle
+
+
+async def test_wait_until_idle_raises_timeout_while_busy() -> None:
+    release = asyncio.Event()
+
+    async def slow(message: Ping, _a: MessageAttributes) -> None:
+        await release.wait()
+
+    bus = Bus.configure().with_handler(Ping, slow).build()
+    async with bus:
+        await bus.send(Ping(key="k"))
+        with pytest.raises(TimeoutError):
+            await bus.wait_until_idle(timeout=0.05)
+        release.set()
+        await bus.wait_until_idle(timeout=5)
+
+
+class DisposablePersistence(InMemoryPersistence):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    async def initialize(self) -> None:
+        self.events.append("initialize")
+
+    async def dispose(self) -> None:
+        self.events.append("dispose")
+
+
+async def test_dispose_finishes_in_flight_handlers_and_reports_queued_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started = asyncio.Event()
+    finished: list[str] = []
+
+    async def slow(message: Ping, _a: MessageAttributes) -> None:
+        started.set()
+        await asyncio.sleep(0.05)
+        finished.append(message.key)
+
+    persistence = DisposablePersistence()
+    bus = Bus.configure().with_persistence(persistence).with_handler(Ping, slow).build()
+    await bus.start()
+    for n in range(4):
+        await bus.send(Ping(key=f"k{n}"))
+    await started.wait()
+    with caplog.at_level(logging.WARNING, logger="busflow"):
+        await bus.dispose()
+
+    assert finished == ["k0"]
+    assert any("3 queued message(s)" in record.getMessage() for record in caplog.records)
+    assert persistence.events == ["initialize", "dispose"]
+    with pytest.raises(BusNotRunningError):
+        await bus.send(Ping(key="late"))
+
+
+async def test_a_mapping_to_a_missing_field_fails_startup_naming_both() -> None:
+    class BadWorkflow(Workflow[PaymentState]):
+        def configure_workflow(self, mapper: WorkflowMapper[PaymentState]) -> None:
+            mapper.with_state(PaymentState).started_by(PaymentRequested, self.handle).when(
+                PaymentTaken,
+                self.handle,
+                MessageWorkflowMapping(lambda m, _a: m.order_id, "orderId"),
+            )
+
+        async def handle(
+            self, message: Message, state: PaymentState, _a: MessageAttributes
+        ) -> None:
+            return None
+
+    bus = Bus.configure().with_workflow(BadWorkflow).build()
+    with pytest.raises(ConfigurationError, match=r"BadWorkflow.*'orderId'"):
+        await bus.initialize()
+
+
+async def test_a_workflow_without_a_start_or_state_fails_startup() -> None:
+    class NoStart(Workflow[PaymentState]):
+        def configure_workflow(self, mapper: WorkflowMapper[PaymentState]) -> None:
+            mapper.with_state(PaymentState)
+
+    class Unnamed(WorkflowState):
+        pass
+
+    class NoName(Workflow[Any]):
+        def configure_workflow(self, mapper: WorkflowMapper[Any]) -> None:
+            mapper.with_state(Unnamed)
+
+    with pytest.raises(ConfigurationError, match="never started"):
+        await Bus.configure().with_workflow(NoStart).build().initialize()
+    with pytest.raises(ConfigurationError, match="workflow_name"):
+        await Bus.configure().with_workflow(NoName).build().initialize()
+
+
+async def test_two_state_types_may_not_share_a_name() -> None:
+    class Twin(WorkflowState):
+        workflow_name = CartState.workflow_name
+
+    class TwinWorkflow(Workflow[Twin]):
+        def configure_workflow(self, mapper: WorkflowMapper[Twin]) -> None:
+            mapper.with_state(Twin).started_by(OrderPlaced, self.start)
+
+        async def start(self, message: OrderPlaced, state: Twin, _a: MessageAttributes) -> None:
+            return None
+
+    bus = Bus.configure().with_workflow(CartWorkflow).with_workflow(TwinWorkflow).build()
+    with pytest.raises(ConfigurationError, match="scenario/cart"):
+        await bus.initialize()
+
+
+async def test_waiting_on_a_bus_that_was_never_started_fails_fast() -> None:
+    bus = Bus.configure().with_workflow(CartWorkflow).build()
+    await bus.publish(OrderPlaced(order_id="o-1"))
+    with pytest.raises(BusError, match="start"):
+        await bus.wait_until_idle(timeout=1)
+    await bus.start()
+    await bus.wait_until_idle(timeout=5)
+    await bus.dispose()
+    assert len(await find(bus, CartState, "order_id", "o-1")) == 1
+    assert BY_ORDER.maps_to == "order_id"
