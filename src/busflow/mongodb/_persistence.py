@@ -1,0 +1,462 @@
+"""``MongoPersistence``: workflow state in MongoDB, one collection per state type."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Self, TypeVar
+
+from pymongo import AsyncMongoClient, IndexModel
+from pymongo.errors import (
+    CollectionInvalid,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
+
+from busflow.errors import (
+    ConfigurationError,
+    PersistenceConnectionError,
+    PersistenceError,
+    WorkflowConcurrencyError,
+)
+from busflow.messages import Message, MessageAttributes
+from busflow.mongodb._documents import (
+    COMPLETED_AT,
+    ID,
+    STATUS,
+    VERSION,
+    StateLayout,
+    collection_name_for,
+    encode_value,
+)
+from busflow.persistence import CoreDependencies, resolve_lookup
+from busflow.workflow import (
+    MessageWorkflowMapping,
+    WorkflowState,
+    WorkflowStatus,
+    check_state_type,
+)
+
+__all__ = ["MongoPersistence", "WorkflowOptions", "expected_indexes", "redact_uri"]
+
+S = TypeVar("S", bound=WorkflowState)
+
+LOOKUP_INDEX_PREFIX = "busflow_lookup_"
+UNIQUE_INDEX_PREFIX = "busflow_unique_running_"
+RETENTION_INDEX = "busflow_retain_completed"
+
+
+@dataclass(frozen=True)
+class WorkflowOptions:
+    """What ``MongoPersistence`` can do for one state type beyond the protocol."""
+
+    unique_running: tuple[str, ...] = ()
+    """Fields of which at most one *running* workflow may hold each value."""
+    retain_completed: timedelta | None = None
+    """How long a completed workflow is kept before MongoDB deletes it (a TTL index)."""
+
+
+@dataclass(frozen=True)
+class ExpectedIndex:
+    name: str
+    keys: tuple[tuple[str, int], ...]
+    unique: bool = False
+    partial_filter: dict[str, Any] | None = None
+    expire_after_seconds: int | None = None
+
+    def model(self) -> IndexModel:
+        options: dict[str, Any] = {"name": self.name}
+        if self.unique:
+            options["unique"] = True
+        if self.partial_filter is not None:
+            options["partialFilterExpression"] = self.partial_filter
+        if self.expire_after_seconds is not None:
+            options["expireAfterSeconds"] = self.expire_after_seconds
+        return IndexModel(list(self.keys), **options)
+
+    def differences(self, listed: dict[str, Any]) -> list[str]:
+        """How an index as the server lists it differs from this one (ignoring the TTL)."""
+        found: list[str] = []
+        keys = tuple((str(key), int(direction)) for key, direction in dict(listed["key"]).items())
+        if keys != self.keys:
+            found.append(f"keys {dict(keys)} instead of {dict(self.keys)}")
+        if bool(listed.get("unique", False)) != self.unique:
+            found.append(f"unique={bool(listed.get('unique', False))} instead of {self.unique}")
+        partial = listed.get("partialFilterExpression")
+        if (dict(partial) if partial is not None else None) != self.partial_filter:
+            found.append(f"partialFilterExpression {partial} instead of {self.partial_filter}")
+        return found
+
+
+def expected_indexes(
+    layout: StateLayout,
+    mappings: Iterable[MessageWorkflowMapping[Any, Any]],
+    options: WorkflowOptions,
+) -> list[ExpectedIndex]:
+    """The indexes busflow keeps on a state type's collection."""
+    indexes: list[ExpectedIndex] = []
+    lookup_keys: list[str] = []
+    for mapping in mappings:
+        key = layout.key_for(mapping.maps_to)
+        if not key.startswith("_") and key not in lookup_keys:
+            lookup_keys.append(key)
+    indexes += [
+        ExpectedIndex(f"{LOOKUP_INDEX_PREFIX}{key}", ((key, 1), (STATUS, 1))) for key in lookup_keys
+    ]
+    for field in options.unique_running:
+        key = layout.key_for(field)
+        indexes.append(
+            ExpectedIndex(
+                f"{UNIQUE_INDEX_PREFIX}{key}",
+                ((key, 1),),
+                unique=True,
+                partial_filter={STATUS: WorkflowStatus.RUNNING.value},
+            )
+        )
+    if options.retain_completed is not None:
+        seconds = int(options.retain_completed.total_seconds())
+        if seconds < 0:
+            raise ConfigurationError(f"{layout.collection}: retain_completed must not be negative")
+        indexes.append(
+            ExpectedIndex(RETENTION_INDEX, ((COMPLETED_AT, 1),), expire_after_seconds=seconds)
+        )
+    return indexes
+
+
+def redact_uri(uri: str) -> str:
+    """A connection string safe to print: the password, if any, becomes ``***``."""
+    scheme, separator, rest = uri.partition("://")
+    if not separator:
+        return uri
+    query_at = rest.find("?")
+    at = rest.rfind("@", 0, query_at if query_at >= 0 else len(rest))
+    if at < 0 or ":" not in rest[:at]:
+        return uri
+    user = rest[:at].split(":", 1)[0]
+    return f"{scheme}://{user}:***@{rest[at + 1 :]}"
+
+
+def _hosts_of(uri: str) -> str:
+    authority = redact_uri(uri).partition("://")[2].split("/", 1)[0].split("?", 1)[0]
+    return authority.rpartition("@")[2] or "localhost"
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class MongoPersistence:
+    """Keeps workflow state in MongoDB: one collection per state type, versioned documents.
+
+    Give it a connection string, ``MongoPersistence("mongodb://host/", database="workflows")``,
+    or a client you made, ``MongoPersistence(client=client, database="workflows")``: a PyMongo
+    ``AsyncMongoClient``, a Motor ``AsyncIOMotorClient`` or mongomock-motor's
+    ``AsyncMongoMockClient``. ``dispose()`` closes only a client it made itself.
+
+    Each document has the workflow id as ``_id``, ``_version``, ``_status``, ``_updated_at``,
+    ``_completed_at`` once complete, and the state's own fields flat beside them.
+    """
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        *,
+        client: Any = None,
+        database: str = "workflows",
+        collection_prefix: str = "",
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if (uri is None) == (client is None):
+            raise ConfigurationError(
+                "MongoPersistence needs a connection string or a client, not both"
+            )
+        if not database:
+            raise ConfigurationError("MongoPersistence needs a database name")
+        self._uri = uri
+        self._client = client
+        self._owns_client = client is None
+        self._database_name = database
+        self._prefix = collection_prefix
+        self._connect_timeout = connect_timeout
+        self._logger = logging.getLogger("busflow.mongodb")
+        self._options: dict[type[WorkflowState], WorkflowOptions] = {}
+        self._layouts: dict[type[WorkflowState], StateLayout] = {}
+        self._state_type_by_collection: dict[str, type[WorkflowState]] = {}
+
+    def __repr__(self) -> str:
+        where = redact_uri(self._uri) if self._uri is not None else type(self._client).__name__
+        return f"MongoPersistence({where!r}, database={self._database_name!r})"
+
+    @property
+    def client(self) -> Any:
+        """The MongoDB client; made on first use from the connection string."""
+        if self._client is None:
+            assert self._uri is not None
+            self._client = AsyncMongoClient(
+                self._uri,
+                serverSelectionTimeoutMS=int(self._connect_timeout * 1000),
+                tz_aware=True,
+                uuidRepresentation="standard",
+                appname="busflow",
+            )
+        return self._client
+
+    @property
+    def database(self) -> Any:
+        return self.client[self._database_name]
+
+    def with_workflow_options(
+        self,
+        state_type: type[WorkflowState],
+        *,
+        unique_running: Sequence[str] = (),
+        retain_completed: timedelta | None = None,
+    ) -> Self:
+        """Uniqueness and retention for one state type; set before ``initialize_workflow``.
+
+        ``unique_running=["order_id"]`` allows at most one running workflow per order id (a
+        save that breaks it raises ``WorkflowConcurrencyError``); ``retain_completed`` makes
+        MongoDB delete completed workflows that long after completion.
+        """
+        check_state_type(state_type, owner="MongoPersistence.with_workflow_options")
+        self._options[state_type] = WorkflowOptions(tuple(unique_running), retain_completed)
+        return self
+
+    def collection_name(self, state_type: type[WorkflowState]) -> str:
+        """The collection of a state type: its ``workflow_name`` in snake_case, prefixed."""
+        check_state_type(state_type, owner="MongoPersistence")
+        return collection_name_for(state_type.workflow_name, self._prefix)
+
+    # lifecycle
+
+    def prepare(self, core_dependencies: CoreDependencies) -> None:
+        self._logger = core_dependencies.logger_factory("busflow.mongodb")
+
+    async def initialize(self) -> None:
+        """Connect and ping; fail within ``connect_timeout`` seconds if the server is away."""
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await self.client.admin.command("ping")
+        except (PyMongoError, TimeoutError) as error:
+            raise PersistenceConnectionError(
+                f"cannot reach MongoDB at {self._where()} within {self._connect_timeout:g} s "
+                f"({type(error).__name__}); check that the server runs and the address is right"
+            ) from None
+        self._logger.info(
+            "connected to MongoDB at %s, database %s", self._where(), self._database_name
+        )
+
+    async def dispose(self) -> None:
+        """Close the client if this persistence made it; a handed-in client stays open."""
+        if self._owns_client and self._client is not None:
+            await _maybe_await(self._client.close())
+            self._client = None
+
+    # the protocol
+
+    async def initialize_workflow(
+        self,
+        state_type: type[WorkflowState],
+        mappings: Sequence[MessageWorkflowMapping[Any, Any]],
+    ) -> None:
+        """Create the collection and busflow's indexes if missing. Never drops anything."""
+        layout = self._layout(state_type)
+        options = self._options.get(state_type, WorkflowOptions())
+        wanted = expected_indexes(layout, mappings, options)
+        try:
+            await self._ensure_collection(layout.collection)
+            if wanted:
+                await self._ensure_indexes(layout.collection, wanted)
+        except ConnectionFailure as error:
+            raise self._connection_error("initialize_workflow", layout.collection, error) from error
+        except (OperationFailure, CollectionInvalid) as error:
+            raise PersistenceError(
+                f"{layout.collection}: setting up the collection failed: {error}"
+            ) from error
+        self._logger.debug(
+            "initialize_workflow %s: indexes %s",
+            layout.collection,
+            [index.name for index in wanted],
+        )
+
+    async def get_workflow_state(
+        self,
+        state_type: type[S],
+        mapping: MessageWorkflowMapping[Any, Any],
+        message: Message,
+        attributes: MessageAttributes,
+        include_completed: bool = False,
+    ) -> list[S]:
+        layout = self._layout(state_type)
+        value = resolve_lookup(mapping, message, attributes, where=layout.collection)
+        if value is None:
+            return []
+        key = layout.key_for(mapping.maps_to)
+        query: dict[str, Any] = {key: {"$eq": encode_value(value, key)}}
+        if not include_completed:
+            query[STATUS] = WorkflowStatus.RUNNING.value
+        try:
+            documents = [
+                document async for document in self.database[layout.collection].find(query)
+            ]
+        except ConnectionFailure as error:
+            raise self._connection_error("get_workflow_state", layout.collection, error) from error
+        except PyMongoError as error:
+            raise PersistenceError(
+                f"{layout.collection}: looking up {key}={value!r} failed: {error}"
+            ) from error
+        self._logger.debug(
+            "get_workflow_state %s %s=%r: %d found", layout.collection, key, value, len(documents)
+        )
+        return [layout.from_document(document) for document in documents]  # type: ignore[misc]
+
+    async def save_workflow_state(self, state: WorkflowState) -> None:
+        layout = self._layout(type(state))
+        version = state.workflow_version
+        document = layout.to_document(state, version=version + 1, now=datetime.now(UTC))
+        collection = self.database[layout.collection]
+        try:
+            if version == 0:
+                await collection.insert_one(document)
+                replaced: Any = True
+            else:
+                replaced = await collection.find_one_and_replace(
+                    {ID: state.workflow_id, VERSION: version}, document, projection={ID: True}
+                )
+        except DuplicateKeyError as error:
+            raise self._duplicate_error(layout, state, error) from error
+        except ConnectionFailure as error:
+            raise self._connection_error("save_workflow_state", layout.collection, error) from error
+        except PyMongoError as error:
+            raise PersistenceError(
+                f"{layout.collection}: saving workflow {state.workflow_id} failed: {error}"
+            ) from error
+        if replaced is None:
+            raise WorkflowConcurrencyError(
+                f"{layout.collection}: workflow {state.workflow_id} is no longer at version "
+                f"{version} (another handler saved it first, or it does not exist); read it "
+                "again and retry",
+                collection=layout.collection,
+                workflow_id=state.workflow_id,
+                expected_version=version,
+            )
+        self._logger.debug(
+            "save_workflow_state %s %s: version %d",
+            layout.collection,
+            state.workflow_id,
+            version + 1,
+        )
+
+    # helpers
+
+    def _layout(self, state_type: type[WorkflowState]) -> StateLayout:
+        layout = self._layouts.get(state_type)
+        if layout is None:
+            collection = self.collection_name(state_type)
+            other = self._state_type_by_collection.setdefault(collection, state_type)
+            if other is not state_type:
+                raise ConfigurationError(
+                    f"{state_type.__name__} and {other.__name__} would share the collection "
+                    f"{collection!r}; give them different workflow_name values"
+                )
+            layout = self._layouts[state_type] = StateLayout.of(state_type, collection)
+            for field in self._options.get(state_type, WorkflowOptions()).unique_running:
+                layout.key_for(field)
+        return layout
+
+    async def _ensure_collection(self, name: str) -> None:
+        existing = await self.database.list_collection_names(filter={"name": name})
+        if name in existing:
+            return
+        try:
+            await self.database.create_collection(name)
+        except (CollectionInvalid, OperationFailure) as error:
+            # Another process created it between our check and our create: that is success.
+            if not (getattr(error, "code", None) == 48 or "already exists" in str(error)):
+                raise
+
+    async def _ensure_indexes(self, collection_name: str, wanted: list[ExpectedIndex]) -> None:
+        collection = self.database[collection_name]
+        cursor = await _maybe_await(collection.list_indexes())
+        listed = {index["name"]: index async for index in cursor}
+        missing: list[ExpectedIndex] = []
+        for index in wanted:
+            found = listed.get(index.name)
+            if found is None:
+                if not any(not index.differences(other) for other in listed.values()):
+                    missing.append(index)
+                continue
+            differences = index.differences(found)
+            if differences:
+                raise ConfigurationError(
+                    f"{collection_name}: the index {index.name!r} exists with "
+                    f"{'; '.join(differences)}. busflow never drops indexes: drop it yourself "
+                    f"(db.{collection_name}.dropIndex({index.name!r})) and start again"
+                )
+            if index.expire_after_seconds != found.get("expireAfterSeconds"):
+                await self.database.command(
+                    {
+                        "collMod": collection_name,
+                        "index": {
+                            "name": index.name,
+                            "expireAfterSeconds": index.expire_after_seconds,
+                        },
+                    }
+                )
+                self._logger.info(
+                    "%s: retention changed to %s s", collection_name, index.expire_after_seconds
+                )
+        if missing:
+            await collection.create_indexes([index.model() for index in missing])
+            self._logger.info(
+                "%s: created indexes %s", collection_name, [index.name for index in missing]
+            )
+
+    def _duplicate_error(
+        self, layout: StateLayout, state: WorkflowState, error: DuplicateKeyError
+    ) -> WorkflowConcurrencyError:
+        details = error.details or {}
+        pattern = list(dict(details.get("keyPattern") or {ID: 1}))
+        if pattern and pattern != [ID]:
+            key = pattern[0]
+            value = dict(details.get("keyValue") or {}).get(key)
+            message = (
+                f"{layout.collection}: another running workflow already has {key}={value!r}, "
+                f"so workflow {state.workflow_id} was not saved (unique_running); the message "
+                "that started it may have been delivered twice"
+            )
+        else:
+            message = (
+                f"{layout.collection}: workflow {state.workflow_id} already exists; a new "
+                "workflow needs a new id"
+            )
+        return WorkflowConcurrencyError(
+            message,
+            collection=layout.collection,
+            workflow_id=state.workflow_id,
+            expected_version=state.workflow_version,
+        )
+
+    def _connection_error(
+        self, operation: str, collection: str, error: PyMongoError
+    ) -> PersistenceConnectionError:
+        return PersistenceConnectionError(
+            f"{collection}: {operation} lost MongoDB at {self._where()} ({type(error).__name__}); "
+            "the message will be retried"
+        )
+
+    def _where(self) -> str:
+        if self._uri is not None:
+            return _hosts_of(self._uri)
+        try:
+            description = self._client.topology_description
+            addresses = [f"{host}:{port}" for host, port in description.server_descriptions()]
+            return ",".join(addresses) or type(self._client).__name__
+        except Exception:
+            return type(self._client).__name__

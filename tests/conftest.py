@@ -1,0 +1,130 @@
+"""Backends for the tests, and a summary line that says which of them ran."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, monitoring
+
+from busflow.mongodb import redact_uri
+from busflow.mongodb.embedded import embedded_server_available
+
+_ran: Counter[str] = Counter()
+_skipped: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class WireServer:
+    uri: str
+    label: str
+    real_mongodb: bool
+
+
+@pytest.fixture(scope="session")
+def wire_server() -> Iterator[WireServer]:
+    """MONGODB_URI when set (a real MongoDB), else a mongoeco wire server this run starts."""
+    uri = os.environ.get("MONGODB_URI")
+    if uri:
+        yield WireServer(uri, f"MongoDB at {redact_uri(uri)} (MONGODB_URI)", real_mongodb=True)
+        return
+    if not embedded_server_available():
+        reason = (
+            "wire tier skipped: MONGODB_URI is unset and mongoeco[wire] is not installed "
+            f"(it needs CPython 3.13+; this is {sys.version.split()[0]})"
+        )
+        _skipped["wire"] = reason
+        pytest.skip(reason)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "busflow.mongodb.embedded"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    started_uri = process.stdout.readline().strip()
+    if not started_uri.startswith("mongodb://"):
+        process.kill()
+        pytest.fail(f"the mongoeco wire server did not start (printed {started_uri!r})")
+    from importlib.metadata import version
+
+    try:
+        yield WireServer(
+            started_uri, f"mongoeco {version('mongoeco')} wire server at {started_uri}", False
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()
+
+
+class Commands(monitoring.CommandListener):
+    """Counts the commands a client sends, by name (PyMongo's command monitoring)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@dataclass
+class MongoBackend:
+    name: str
+    client: Any
+    database: str
+    commands: Commands | None
+    """Commands the client sent; None where the backend has no command monitoring."""
+    wire: WireServer | None
+
+
+@pytest.fixture(params=["mongomock", "wire"])
+async def mongo_backend(request: pytest.FixtureRequest) -> AsyncIterator[MongoBackend]:
+    """A fresh database on one MongoDB backend; dropped afterwards."""
+    database = f"busflow_test_{uuid.uuid4().hex[:12]}"
+    if request.param == "mongomock":
+        from mongomock_motor import AsyncMongoMockClient
+
+        _ran["mongomock (mongomock-motor, in process)"] += 1
+        yield MongoBackend("mongomock", AsyncMongoMockClient(), database, None, None)
+        return
+    server: WireServer = request.getfixturevalue("wire_server")
+    _ran[server.label] += 1
+    commands = Commands()
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        server.uri, event_listeners=[commands], serverSelectionTimeoutMS=5000
+    )
+    try:
+        yield MongoBackend("wire", client, database, commands, server)
+    finally:
+        await client.drop_database(database)
+        await client.close()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if "mongo_backend" not in getattr(item, "fixturenames", ()):
+        _ran["in-memory"] += 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.section("busflow backends")
+    for label, count in sorted(_ran.items()):
+        terminalreporter.write_line(f"ran: {label}: {count} test(s)")
+    for reason in _skipped.values():
+        terminalreporter.write_line(f"SKIPPED: {reason}")
+    if not os.environ.get("MONGODB_URI"):
+        terminalreporter.write_line(
+            "not run: a real MongoDB (set MONGODB_URI, e.g. with docker/compose.yml)"
+        )
