@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self, TypeVar
 
-from pymongo import AsyncMongoClient, IndexModel
+from pymongo import AsyncMongoClient
 from pymongo.errors import (
     CollectionInvalid,
     ConnectionFailure,
@@ -43,13 +43,22 @@ from busflow.workflow import (
     check_state_type,
 )
 
-__all__ = ["MongoPersistence", "WorkflowOptions", "expected_indexes", "redact_uri"]
+__all__ = [
+    "REGISTRY_COLLECTION",
+    "ExpectedIndex",
+    "MongoPersistence",
+    "WorkflowOptions",
+    "expected_indexes",
+    "redact_uri",
+]
 
 S = TypeVar("S", bound=WorkflowState)
 
 LOOKUP_INDEX_PREFIX = "busflow_lookup_"
 UNIQUE_INDEX_PREFIX = "busflow_unique_running_"
 RETENTION_INDEX = "busflow_retain_completed"
+REGISTRY_COLLECTION = "busflow_workflows"
+"""One document per workflow collection: its state type and the indexes busflow expects."""
 
 
 @dataclass(frozen=True)
@@ -70,15 +79,31 @@ class ExpectedIndex:
     partial_filter: dict[str, Any] | None = None
     expire_after_seconds: int | None = None
 
-    def model(self) -> IndexModel:
-        options: dict[str, Any] = {"name": self.name}
+    async def create(self, collection: Any) -> None:
+        """Create this index; one call per index, which every backend honours in full."""
+        options = {key: value for key, value in self.describe().items() if key != "key"}
+        await collection.create_index(list(self.keys), **options)
+
+    def describe(self) -> dict[str, Any]:
+        """This index as the server would list it."""
+        described: dict[str, Any] = {"name": self.name, "key": dict(self.keys)}
         if self.unique:
-            options["unique"] = True
+            described["unique"] = True
         if self.partial_filter is not None:
-            options["partialFilterExpression"] = self.partial_filter
+            described["partialFilterExpression"] = self.partial_filter
         if self.expire_after_seconds is not None:
-            options["expireAfterSeconds"] = self.expire_after_seconds
-        return IndexModel(list(self.keys), **options)
+            described["expireAfterSeconds"] = self.expire_after_seconds
+        return described
+
+    @classmethod
+    def from_description(cls, described: dict[str, Any]) -> ExpectedIndex:
+        return cls(
+            name=str(described["name"]),
+            keys=tuple((str(key), int(value)) for key, value in dict(described["key"]).items()),
+            unique=bool(described.get("unique", False)),
+            partial_filter=described.get("partialFilterExpression"),
+            expire_after_seconds=described.get("expireAfterSeconds"),
+        )
 
     def differences(self, listed: dict[str, Any]) -> list[str]:
         """How an index as the server lists it differs from this one (ignoring the TTL)."""
@@ -273,6 +298,7 @@ class MongoPersistence:
             await self._ensure_collection(layout.collection)
             if wanted:
                 await self._ensure_indexes(layout.collection, wanted)
+            await self._register(layout, wanted)
         except ConnectionFailure as error:
             raise self._connection_error("initialize_workflow", layout.collection, error) from error
         except (OperationFailure, CollectionInvalid) as error:
@@ -400,23 +426,43 @@ class MongoPersistence:
                     f"(db.{collection_name}.dropIndex({index.name!r})) and start again"
                 )
             if index.expire_after_seconds != found.get("expireAfterSeconds"):
-                await self.database.command(
-                    {
-                        "collMod": collection_name,
-                        "index": {
-                            "name": index.name,
-                            "expireAfterSeconds": index.expire_after_seconds,
-                        },
-                    }
-                )
-                self._logger.info(
-                    "%s: retention changed to %s s", collection_name, index.expire_after_seconds
-                )
+                await self._change_retention(collection, index)
         if missing:
-            await collection.create_indexes([index.model() for index in missing])
+            for index in missing:
+                await index.create(collection)
             self._logger.info(
                 "%s: created indexes %s", collection_name, [index.name for index in missing]
             )
+
+    async def _change_retention(self, collection: Any, index: ExpectedIndex) -> None:
+        """Give busflow's own TTL index a new expiry: collMod, or drop and recreate it."""
+        try:
+            await self.database.command(
+                {
+                    "collMod": collection.name,
+                    "index": {"name": index.name, "expireAfterSeconds": index.expire_after_seconds},
+                }
+            )
+        except (OperationFailure, NotImplementedError):  # servers without collMod
+            await collection.drop_index(index.name)
+            await index.create(collection)
+        self._logger.info(
+            "%s: completed workflows are now kept %s s", collection.name, index.expire_after_seconds
+        )
+
+    async def _register(self, layout: StateLayout, wanted: list[ExpectedIndex]) -> None:
+        """Record the state type and its expected indexes for operators (``busflow inspect``)."""
+        entry = {
+            ID: layout.collection,
+            "workflow_name": layout.state_type.workflow_name,
+            "state_type": f"{layout.state_type.__module__}.{layout.state_type.__qualname__}",
+            "fields": {name: key for name, key in layout.keys.items()},
+            "indexes": [index.describe() for index in wanted],
+            "registered_at": datetime.now(UTC),
+        }
+        await self.database[REGISTRY_COLLECTION].replace_one(
+            {ID: layout.collection}, entry, upsert=True
+        )
 
     def _duplicate_error(
         self, layout: StateLayout, state: WorkflowState, error: DuplicateKeyError

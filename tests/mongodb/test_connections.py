@@ -1,0 +1,159 @@
+"""Connecting, clients of every kind, and the round trips each operation costs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.errors import InvalidOperation
+
+from busflow import (
+    Message,
+    MessageAttributes,
+    MessageWorkflowMapping,
+    PersistenceConnectionError,
+    WorkflowState,
+)
+from busflow.mongodb import MongoPersistence
+from tests.conftest import MongoBackend, WireServer
+
+
+class Ticket(WorkflowState):
+    workflow_name = "support/ticket"
+
+    ticket_no: str = ""
+    replies: int = 0
+
+
+class Lookup(Message):
+    value: Any = None
+
+
+BY_TICKET: MessageWorkflowMapping[Lookup, Ticket] = MessageWorkflowMapping(
+    lambda message, _a: message.value, "ticket_no"
+)
+
+
+async def save_and_find(persistence: MongoPersistence) -> Ticket:
+    await persistence.initialize_workflow(Ticket, [BY_TICKET])
+    await persistence.save_workflow_state(Ticket(workflow_id="wf-1", ticket_no="t-1"))
+    [found] = await persistence.get_workflow_state(
+        Ticket, BY_TICKET, Lookup(value="t-1"), MessageAttributes()
+    )
+    return found
+
+
+async def test_an_unreachable_server_fails_fast_naming_the_host_not_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    persistence = MongoPersistence(
+        "mongodb://busflow:s3cret-pw@127.0.0.1:1/?authSource=admin",
+        database="workflows",
+        connect_timeout=0.5,
+    )
+    started = time.monotonic()
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(PersistenceConnectionError) as raised:
+        await persistence.initialize()
+
+    assert time.monotonic() - started < 5, "initialize() must give up near connect_timeout"
+    message = str(raised.value)
+    assert "127.0.0.1:1" in message
+    assert "s3cret-pw" not in message
+    assert "s3cret-pw" not in repr(persistence)
+    assert all("s3cret-pw" not in record.getMessage() for record in caplog.records)
+    await persistence.dispose()
+
+
+async def test_a_connection_string_is_all_it_takes(wire_server: WireServer) -> None:
+    persistence = MongoPersistence(wire_server.uri, database="busflow_test_uri")
+    await persistence.initialize()
+    try:
+        found = await save_and_find(persistence)
+        assert found.workflow_version == 1
+    finally:
+        await persistence.client.drop_database("busflow_test_uri")
+        await persistence.dispose()
+
+
+async def test_dispose_closes_its_own_client_only(wire_server: WireServer) -> None:
+    own = MongoPersistence(wire_server.uri, database="busflow_test_dispose")
+    await own.initialize()
+    own_client = own.client
+    handed_in: AsyncMongoClient[Any] = AsyncMongoClient(wire_server.uri)
+    borrowed = MongoPersistence(client=handed_in, database="busflow_test_dispose")
+    await borrowed.initialize()
+
+    await own.dispose()
+    await borrowed.dispose()
+
+    with pytest.raises(InvalidOperation):
+        await own_client.admin.command("ping")
+    assert (await handed_in.admin.command("ping"))["ok"] == 1
+    await handed_in.close()
+
+
+async def test_a_motor_client_works_when_handed_in(wire_server: WireServer) -> None:
+    motor_asyncio = pytest.importorskip("motor.motor_asyncio")
+    client = motor_asyncio.AsyncIOMotorClient(wire_server.uri)
+    persistence = MongoPersistence(client=client, database="busflow_test_motor")
+    try:
+        await persistence.initialize()
+        found = await save_and_find(persistence)
+        assert found.ticket_no == "t-1"
+    finally:
+        await client.drop_database("busflow_test_motor")
+        client.close()
+
+
+async def test_each_operation_takes_one_round_trip(mongo_backend: MongoBackend) -> None:
+    if mongo_backend.commands is None:
+        pytest.skip("mongomock-motor has no command monitoring")
+    persistence = MongoPersistence(client=mongo_backend.client, database=mongo_backend.database)
+    await persistence.initialize_workflow(Ticket, [BY_TICKET])
+    commands = mongo_backend.commands
+
+    commands.names.clear()
+    await persistence.save_workflow_state(Ticket(workflow_id="wf-1", ticket_no="t-1"))
+    assert commands.names == ["insert"]
+
+    commands.names.clear()
+    [found] = await persistence.get_workflow_state(
+        Ticket, BY_TICKET, Lookup(value="t-1"), MessageAttributes()
+    )
+    assert commands.names == ["find"]
+
+    commands.names.clear()
+    await persistence.save_workflow_state(found.model_copy(update={"replies": 1}))
+    assert commands.names == ["findAndModify"]
+
+    commands.names.clear()
+    assert (
+        await persistence.get_workflow_state(
+            Ticket, BY_TICKET, Lookup(value=None), MessageAttributes()
+        )
+        == []
+    )
+    assert commands.names == [], "a lookup of None must not query"
+
+
+async def test_startup_round_trips_do_not_grow_with_the_data(mongo_backend: MongoBackend) -> None:
+    if mongo_backend.commands is None:
+        pytest.skip("mongomock-motor has no command monitoring")
+    persistence = MongoPersistence(client=mongo_backend.client, database=mongo_backend.database)
+    await persistence.initialize_workflow(Ticket, [BY_TICKET])
+    commands = mongo_backend.commands
+
+    commands.names.clear()
+    await persistence.initialize_workflow(Ticket, [BY_TICKET])
+    with_one = list(commands.names)
+    for n in range(300):
+        await persistence.save_workflow_state(Ticket(workflow_id=f"wf-{n}", ticket_no=f"t-{n}"))
+    commands.names.clear()
+    await persistence.initialize_workflow(Ticket, [BY_TICKET])
+
+    assert commands.names == with_one
+    assert len(with_one) <= 3, with_one
