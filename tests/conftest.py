@@ -40,6 +40,8 @@ def wire_server() -> Iterator[WireServer]:
             "wire tier skipped: MONGODB_URI is unset and mongoeco[wire] is not installed "
             f"(it needs CPython 3.13+; this is {sys.version.split()[0]})"
         )
+        if os.environ.get("BUSFLOW_REQUIRE_WIRE"):
+            pytest.fail(f"BUSFLOW_REQUIRE_WIRE is set but the {reason}")
         _skipped["wire"] = reason
         pytest.skip(reason)
     process = subprocess.Popen(
