@@ -23,7 +23,16 @@ from busflow import (
     WorkflowState,
     WorkflowStatus,
 )
-from tests.scenarios import BY_ORDER, CartState, CartWorkflow, OrderPlaced, run_cart_race
+from tests.scenarios import (
+    BY_ORDER,
+    ITEMS_PER_ORDER,
+    CartState,
+    CartWorkflow,
+    ItemAdded,
+    OrderPlaced,
+    check_carts,
+    run_cart_race,
+)
 
 FAST_RETRIES = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.005)
 
@@ -159,7 +168,13 @@ async def test_sticky_and_correlation_attributes_follow_the_conversation() -> No
 
 
 async def test_racing_messages_lose_no_update() -> None:
-    bus = Bus.configure().with_workflow(CartWorkflow).with_concurrency(10).build()
+    bus = (
+        Bus.configure()
+        .with_workflow(CartWorkflow)
+        .with_concurrency(10)
+        .with_per_workflow_order(False)
+        .build()
+    )
     async with bus:
         result = await run_cart_race(bus, orders=100)
 
@@ -167,6 +182,61 @@ async def test_racing_messages_lose_no_update() -> None:
     assert result.complete == 100
     assert result.dead_letters == 0
     assert result.conflicts > 0, "the race was not real: no save ever conflicted"
+
+
+async def test_messages_for_one_workflow_do_not_race_within_a_bus() -> None:
+    bus = Bus.configure().with_workflow(CartWorkflow).with_concurrency(10).build()
+    async with bus:
+        result = await run_cart_race(bus, orders=100)
+
+    assert result.lost == []
+    assert result.complete == 100
+    assert result.conflicts == 0
+    assert bus.metrics.handler_runs == 100 + 100 * ITEMS_PER_ORDER
+
+
+async def test_messages_for_one_workflow_are_handled_in_arrival_order() -> None:
+    bus = Bus.configure().with_workflow(CartWorkflow).with_concurrency(10).build()
+    async with bus:
+        for n in range(20):
+            await bus.publish(OrderPlaced(order_id=f"order-{n}"))
+        await bus.wait_until_idle(timeout=10)
+        for i in range(ITEMS_PER_ORDER):
+            for n in range(20):
+                await bus.publish(ItemAdded(order_id=f"order-{n}", item=f"item-{i}"))
+        await bus.wait_until_idle(timeout=10)
+
+        for n in range(20):
+            [cart] = await find(bus, CartState, "order_id", f"order-{n}")
+            assert cart.items == [f"item-{i}" for i in range(ITEMS_PER_ORDER)]
+
+
+async def test_buses_sharing_a_store_still_race_and_lose_nothing() -> None:
+    """Two buses on one store stand for two processes: optimistic concurrency guards them."""
+    shared = InMemoryPersistence()
+    one, two = (
+        Bus.configure()
+        .with_persistence(shared)
+        .with_workflow(CartWorkflow)
+        .with_concurrency(5)
+        .build()
+        for _ in range(2)
+    )
+    async with one, two:
+        for n in range(50):
+            await one.publish(OrderPlaced(order_id=f"order-{n}"))
+        await one.wait_until_idle(timeout=10)
+        for n in range(50):
+            for i in range(ITEMS_PER_ORDER):
+                await (one if i % 2 else two).publish(
+                    ItemAdded(order_id=f"order-{n}", item=f"item-{i}")
+                )
+        await asyncio.gather(one.wait_until_idle(timeout=30), two.wait_until_idle(timeout=30))
+        result = await check_carts(shared, orders=50, bus=one)
+
+    assert result.lost == []
+    assert result.complete == 50
+    assert one.metrics.conflicts + two.metrics.conflicts > 0
 
 
 class TwoTargets(Message):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import enum
 import functools
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Self, TypeAlias, TypeVar
@@ -129,10 +130,12 @@ _handling: contextvars.ContextVar[_HandlingContext | None] = contextvars.Context
 )
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Envelope:
     message: Message
     attributes: MessageAttributes
+    pending: int = 1
+    """Units of handling still owed: the delivery itself, plus any that wait their turn."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ class BusConfiguration:
         self._retry_policy = RetryPolicy()
         self._core_dependencies = CoreDependencies()
         self._dispose_timeout = 10.0
+        self._per_workflow_order = True
 
     def with_persistence(self, persistence: Persistence) -> Self:
         if not isinstance(persistence, Persistence):
@@ -226,6 +230,17 @@ class BusConfiguration:
         self._dispose_timeout = seconds
         return self
 
+    def with_per_workflow_order(self, enabled: bool) -> Self:
+        """Whether messages that look up the same workflow run one at a time (default on).
+
+        On, messages that a mapping resolves to the same lookup value are handled one after
+        another, in arrival order, so they never race each other into version conflicts and
+        retries; messages for other workflows keep full concurrency. Optimistic concurrency
+        still guards against other processes. Off, they race and conflicts are retried.
+        """
+        self._per_workflow_order = enabled
+        return self
+
     def build(self) -> Bus:
         return Bus(
             persistence=self._persistence or InMemoryPersistence(),
@@ -235,6 +250,7 @@ class BusConfiguration:
             retry_policy=self._retry_policy,
             core_dependencies=self._core_dependencies,
             dispose_timeout=self._dispose_timeout,
+            per_workflow_order=self._per_workflow_order,
         )
 
 
@@ -257,6 +273,7 @@ class Bus:
         retry_policy: RetryPolicy,
         core_dependencies: CoreDependencies,
         dispose_timeout: float,
+        per_workflow_order: bool = True,
     ) -> None:
         self.persistence = persistence
         self.metrics = BusMetrics()
@@ -276,6 +293,10 @@ class Bus:
         self._idle.set()
         self._workers: list[asyncio.Task[None]] = []
         self._waiting_workers: set[asyncio.Task[None]] = set()
+        self._per_workflow_order = per_workflow_order
+        self._busy_keys: dict[
+            Hashable, collections.deque[tuple[Callable[[], Awaitable[None]], _Envelope]]
+        ] = {}
         self._lifecycle = _Lifecycle.BUILT
 
     @staticmethod
@@ -444,9 +465,15 @@ class Bus:
             except Exception:  # a bug in the bus itself; keep the worker alive
                 self._logger.exception("unexpected error delivering %r", envelope.message)
             finally:
-                self._unfinished -= 1
-                if self._unfinished == 0:
-                    self._idle.set()
+                self._settle(envelope)
+
+    def _settle(self, envelope: _Envelope) -> None:
+        """One unit of an envelope's handling is over; the envelope is done when all are."""
+        envelope.pending -= 1
+        if envelope.pending == 0:
+            self._unfinished -= 1
+            if self._unfinished == 0:
+                self._idle.set()
 
     def _subscribers_for(self, message_type: type[Message]) -> list[_Subscriber]:
         found = self._routes_by_type.get(message_type)
@@ -481,7 +508,58 @@ class Bus:
                     functools.partial(self._start_workflow, subscriber, envelope),
                 )
             else:
-                await self._continue_workflows(subscriber, envelope)
+                unit = functools.partial(self._continue_workflows, subscriber, envelope)
+                key = self._ordering_key(subscriber, envelope) if self._per_workflow_order else None
+                if key is None:
+                    await unit()
+                else:
+                    await self._in_order(key, unit, envelope)
+
+    def _ordering_key(
+        self, subscriber: _WorkflowSubscriber[Any], envelope: _Envelope
+    ) -> tuple[type[WorkflowState], str, Hashable] | None:
+        """What a message looks up: messages with the same key reach the same workflows."""
+        mapping = subscriber.route.mapping
+        assert mapping is not None
+        try:
+            value = mapping.lookup(envelope.message, envelope.attributes)
+            hash(value)
+        except Exception:  # the persistence reports a broken lookup; no ordering for it
+            return None
+        return None if value is None else (subscriber.state_type, mapping.maps_to, value)
+
+    async def _in_order(
+        self, key: Hashable, unit: Callable[[], Awaitable[None]], envelope: _Envelope
+    ) -> None:
+        """Run ``unit`` now, or after the units already running for the same key.
+
+        A worker that finds the key busy leaves the unit with the worker that holds it and
+        moves on, so messages for one workflow run one at a time, in arrival order, while
+        messages for other workflows keep every worker busy.
+        """
+        waiting = self._busy_keys.get(key)
+        if waiting is not None:
+            envelope.pending += 1
+            waiting.append((unit, envelope))
+            return
+        waiting = self._busy_keys[key] = collections.deque()
+        try:
+            await unit()
+            while waiting:
+                next_unit, next_envelope = waiting.popleft()
+                try:
+                    await next_unit()
+                finally:
+                    self._settle(next_envelope)
+        finally:
+            del self._busy_keys[key]
+            if waiting:  # cancelled by dispose()
+                self._logger.warning(
+                    "dispose: %d message(s) waiting for a busy workflow were not handled",
+                    len(waiting),
+                )
+                for _, next_envelope in waiting:
+                    self._settle(next_envelope)
 
     async def _with_retries(
         self, envelope: _Envelope, handler_name: str, unit: Callable[[], Awaitable[None]]

@@ -17,19 +17,20 @@ from tests.scenarios import (
 )
 
 
-def bus_on(backend: MongoBackend, concurrency: int = 10) -> Bus:
+def bus_on(backend: MongoBackend, concurrency: int = 10, *, in_order: bool = True) -> Bus:
     persistence = MongoPersistence(client=backend.client, database=backend.database)
     return (
         Bus.configure()
         .with_persistence(persistence)
         .with_workflow(CartWorkflow)
         .with_concurrency(concurrency)
+        .with_per_workflow_order(in_order)
         .build()
     )
 
 
 async def test_racing_messages_lose_no_update(mongo_backend: MongoBackend) -> None:
-    bus = bus_on(mongo_backend)
+    bus = bus_on(mongo_backend, in_order=False)
     async with bus:
         result = await run_cart_race(bus, orders=100)
 
@@ -38,6 +39,16 @@ async def test_racing_messages_lose_no_update(mongo_backend: MongoBackend) -> No
     assert result.dead_letters == 0
     if mongo_backend.name == "wire":  # mongomock never yields, so nothing can race on it
         assert result.conflicts > 0, "the race was not real: no save ever conflicted"
+
+
+async def test_one_bus_runs_the_race_without_conflicts(mongo_backend: MongoBackend) -> None:
+    bus = bus_on(mongo_backend)
+    async with bus:
+        result = await run_cart_race(bus, orders=100)
+
+    assert result.lost == []
+    assert result.complete == 100
+    assert result.conflicts == 0
 
 
 async def test_a_new_bus_carries_on_a_workflow_from_the_database(
