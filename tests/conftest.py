@@ -116,8 +116,12 @@ async def mongo_backend(request: pytest.FixtureRequest) -> AsyncIterator[MongoBa
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if "mongo_backend" not in getattr(item, "fixturenames", ()):
-        _ran["in-memory"] += 1
+    names = getattr(item, "fixturenames", ())
+    if "mongo_backend" in names:
+        return  # counted by the fixture, per backend
+    _ran[
+        "wire server, from a subprocess (CLI and demo)" if "wire_server" in names else "in-memory"
+    ] += 1
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

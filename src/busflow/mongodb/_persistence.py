@@ -49,6 +49,7 @@ __all__ = [
     "MongoPersistence",
     "WorkflowOptions",
     "expected_indexes",
+    "hosts_of",
     "redact_uri",
 ]
 
@@ -167,7 +168,8 @@ def redact_uri(uri: str) -> str:
     return f"{scheme}://{user}:***@{rest[at + 1 :]}"
 
 
-def _hosts_of(uri: str) -> str:
+def hosts_of(uri: str) -> str:
+    """The hosts of a connection string, for messages: never its credentials."""
     authority = redact_uri(uri).partition("://")[2].split("/", 1)[0].split("?", 1)[0]
     return authority.rpartition("@")[2] or "localhost"
 
@@ -499,7 +501,7 @@ class MongoPersistence:
 
     def _where(self) -> str:
         if self._uri is not None:
-            return _hosts_of(self._uri)
+            return hosts_of(self._uri)
         try:
             description = self._client.topology_description
             addresses = [f"{host}:{port}" for host, port in description.server_descriptions()]

@@ -1,0 +1,520 @@
+"""``busflow``: read-only commands for operators, and the demo.
+
+    busflow inspect [--uri URI] [--database DB]
+        the workflow collections: counts by status, the oldest running workflow and its
+        age, and the health of busflow's indexes
+    busflow show [--uri URI] [--database DB] COLLECTION [--id ID | --where FIELD=VALUE]
+                 [--status running|complete] [--limit N]
+        stored documents as relaxed Extended JSON
+    busflow demo [--uri URI] [--database DB]
+        run the order saga example (``busflow.demo``)
+
+``--uri`` defaults to ``MONGODB_URI``. ``inspect`` and ``show`` never write. Every error is
+one line on standard error and a non-zero exit status; a password in the connection string
+is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+from urllib.parse import unquote
+
+from bson import json_util
+from bson.binary import UuidRepresentation
+from pymongo import MongoClient
+from pymongo.database import Database
+from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailure, PyMongoError
+
+from busflow.mongodb import redact_uri
+from busflow.mongodb._documents import ID, STATUS, UPDATED_AT
+from busflow.mongodb._persistence import REGISTRY_COLLECTION, ExpectedIndex, hosts_of
+from busflow.workflow import WorkflowStatus
+
+__all__ = ["RELAXED_JSON", "main", "mask_password", "positive_seconds"]
+
+PROGRAM = "busflow"
+DEFAULT_DATABASE = "workflows"
+"""``MongoPersistence``'s default database: used when neither ``--database`` nor the URI
+names one."""
+
+RELAXED_JSON = json_util.RELAXED_JSON_OPTIONS.with_options(
+    uuid_representation=UuidRepresentation.STANDARD
+)
+"""Relaxed Extended JSON, as mongosh prints documents; UUIDs as standard (subtype 4) binaries."""
+
+Document = dict[str, Any]
+
+
+class CommandError(Exception):
+    """A failure to report as one line on standard error, with an exit status."""
+
+    def __init__(self, message: str, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+# Connecting
+
+
+def mask_password(text: str, uri: str | None) -> str:
+    """``text`` with the password of ``uri`` (as written, and percent-decoded) masked."""
+    if not uri or redact_uri(uri) == uri:
+        return text
+    text = text.replace(uri, redact_uri(uri))
+    authority = uri.partition("://")[2]
+    query_at = authority.find("?")
+    user_info = authority[: authority.rfind("@", 0, query_at if query_at >= 0 else None)]
+    password = user_info.partition(":")[2]
+    for form in {password, unquote(password)}:
+        if form:
+            text = text.replace(form, "***")
+    return text
+
+
+@dataclass(frozen=True)
+class Server:
+    """An open, read-only view of one database."""
+
+    database: Database[Document]
+    hosts: str
+
+
+@contextlib.contextmanager
+def connect(arguments: argparse.Namespace) -> Iterator[Server]:
+    """Connect to ``--uri`` (or ``MONGODB_URI``) and check the server answers in time."""
+    uri: str | None = arguments.uri or os.environ.get("MONGODB_URI")
+    if not uri:
+        raise CommandError(
+            "no server given: pass --uri mongodb://HOST/ or set MONGODB_URI", exit_status=2
+        )
+    timeout_ms = int(arguments.timeout * 1000)
+    try:
+        client: MongoClient[Document] = MongoClient(
+            uri,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            tz_aware=True,
+            uuidRepresentation="standard",
+            appname="busflow-cli",
+        )
+    except ConfigurationError as error:
+        raise CommandError(f"bad connection string {redact_uri(uri)}: {error}", 2) from None
+    hosts = hosts_of(uri)
+    with client:
+        try:
+            client.admin.command("ping")
+        except ConnectionFailure as error:
+            raise CommandError(
+                f"cannot reach MongoDB at {hosts} within {arguments.timeout:g} s "
+                f"({_reason(error)}); check that the server runs and the address is right"
+            ) from None
+        except OperationFailure as error:
+            raise CommandError(f"MongoDB at {hosts} refused: {_reason(error)}") from None
+        name = arguments.database or _database_in(client) or DEFAULT_DATABASE
+        yield Server(client[name], hosts)
+
+
+def _database_in(client: MongoClient[Document]) -> str | None:
+    with contextlib.suppress(ConfigurationError):
+        return client.get_default_database().name
+    return None
+
+
+def _reason(error: PyMongoError) -> str:
+    """The first, useful part of a driver error, without its topology dump."""
+    if isinstance(error, OperationFailure) and error.details:
+        text = str(error.details.get("errmsg") or error)
+    else:
+        text = str(error).split(" (configured timeouts", 1)[0].split(", Timeout:", 1)[0]
+    return text.strip() or type(error).__name__
+
+
+# inspect
+
+
+def inspect(arguments: argparse.Namespace) -> int:
+    """Print each workflow collection's counts, oldest running workflow and index health."""
+    with connect(arguments) as server:
+        database = server.database
+        entries = list(database[REGISTRY_COLLECTION].find().sort(ID, 1))
+        if not entries:
+            raise CommandError(
+                f"database {database.name!r} at {server.hosts} has no workflow collections: "
+                f"{REGISTRY_COLLECTION} is empty or missing (a bus registers its workflows "
+                "there when it starts); check --database"
+            )
+        existing = set(database.list_collection_names())
+        now = datetime.now(UTC)
+        print(
+            f"database {database.name} at {server.hosts}: "
+            f"{len(entries)} workflow collection(s), checked {now:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        problems = 0
+        for entry in entries:
+            print()
+            report = inspect_collection(database, entry, existing, now)
+            problems += report.problems
+            for line in report.lines:
+                print(line)
+        print()
+        print(
+            "no problems found"
+            if not problems
+            else f"{problems} problem(s) found; see the lines marked with !"
+        )
+    return 0
+
+
+@dataclass
+class CollectionReport:
+    lines: list[str]
+    problems: int = 0
+
+
+def inspect_collection(
+    database: Database[Document], entry: Mapping[str, Any], existing: set[str], now: datetime
+) -> CollectionReport:
+    """The report on one registered workflow collection."""
+    name = str(entry.get(ID))
+    report = CollectionReport(
+        [
+            f"{name}  (workflow {entry.get('workflow_name', '?')}, "
+            f"state {entry.get('state_type', '?')})"
+        ]
+    )
+    if name not in existing:
+        report.lines.append(
+            f"  ! the collection does not exist (registered {_when(entry.get('registered_at'))})"
+        )
+        report.problems += 1
+        return report
+    collection = database[name]
+
+    counts = {
+        str(group[ID]): int(group["count"])
+        for group in collection.aggregate([{"$group": {ID: f"${STATUS}", "count": {"$sum": 1}}}])
+    }
+    order = [status.value for status in (WorkflowStatus.RUNNING, WorkflowStatus.COMPLETE)]
+    statuses = order + sorted(status for status in counts if status not in order)
+    by_status = ", ".join(f"{counts.get(status, 0)} {status}" for status in statuses)
+    report.lines.append(f"  workflows:      {by_status} ({sum(counts.values())} in all)")
+
+    oldest = collection.find_one(
+        {STATUS: WorkflowStatus.RUNNING.value}, sort=[(UPDATED_AT, 1), (ID, 1)]
+    )
+    if oldest is None:
+        report.lines.append("  oldest running: none")
+    else:
+        updated_at = oldest.get(UPDATED_AT)
+        age = (
+            f"updated {_when(updated_at)}, {format_age(now - updated_at)} ago"
+            if isinstance(updated_at, datetime)
+            else f"no {UPDATED_AT}"
+        )
+        looked_up = "".join(
+            f" {key}={oldest[key]!r}" for key in _lookup_keys(entry) if key in oldest
+        )
+        report.lines.append(f"  oldest running: {oldest[ID]}{looked_up}, {age}")
+
+    index_lines, index_problems = check_indexes(collection.name, entry, collection.list_indexes())
+    report.lines += index_lines
+    report.problems += index_problems
+    return report
+
+
+def _lookup_keys(entry: Mapping[str, Any]) -> list[str]:
+    """The stored keys that busflow's indexes cover, such as ``order_id``: what finds a workflow."""
+    keys: list[str] = []
+    for described in entry.get("indexes") or []:
+        if not isinstance(described, Mapping):
+            continue
+        for key in map(str, dict(described.get("key") or {})):
+            if not key.startswith("_") and key not in keys:
+                keys.append(key)
+    return keys
+
+
+def check_indexes(
+    collection: str, entry: Mapping[str, Any], listed_indexes: Iterator[Mapping[str, Any]]
+) -> tuple[list[str], int]:
+    """Compare the indexes busflow expects (from the registry) with those the server lists."""
+    listed = {str(index["name"]): dict(index) for index in listed_indexes}
+    healthy: list[str] = []
+    problems: list[str] = []
+    for described in entry.get("indexes") or []:
+        try:
+            expected = ExpectedIndex.from_description(dict(described))
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"    ! the registry lists an index busflow cannot read: {described}")
+            continue
+        found = listed.get(expected.name)
+        if found is None:
+            same = [name for name, index in listed.items() if _has_spec(expected, index)]
+            if same:
+                healthy.append(f"{expected.name} (as {same[0]})")
+            else:
+                problems.append(
+                    f"    ! missing  {expected.name} {dict(expected.keys)}: the next bus start "
+                    "creates it; until then lookups on it scan the collection"
+                )
+            continue
+        differences = _differences(expected, found)
+        if differences:
+            problems.append(
+                f"    ! differs  {expected.name}: {'; '.join(differences)}; a bus will not "
+                f'start until you drop it (db.{collection}.dropIndex("{expected.name}"))'
+            )
+        elif expected.expire_after_seconds != found.get("expireAfterSeconds"):
+            problems.append(
+                f"    ! differs  {expected.name}: expireAfterSeconds "
+                f"{found.get('expireAfterSeconds')} instead of {expected.expire_after_seconds}; "
+                "the next bus start changes it"
+            )
+        else:
+            healthy.append(expected.name)
+    if not problems:
+        summary = f"ok: {', '.join(healthy)}" if healthy else "ok (busflow expects none)"
+        return [f"  indexes:        {summary}"], 0
+    lines = [f"  indexes:        {len(problems)} problem(s)", *problems]
+    if healthy:
+        lines.append(f"    ok: {', '.join(healthy)}")
+    return lines, len(problems)
+
+
+def _differences(expected: ExpectedIndex, listed: Mapping[str, Any]) -> list[str]:
+    try:
+        return expected.differences(dict(listed))
+    except (KeyError, TypeError, ValueError):  # e.g. a text index's "text" key direction
+        return [f"key {listed.get('key')} instead of {dict(expected.keys)}"]
+
+
+def _has_spec(expected: ExpectedIndex, listed: Mapping[str, Any]) -> bool:
+    return not _differences(expected, listed)
+
+
+def format_age(age: timedelta) -> str:
+    """``timedelta(minutes=3, seconds=12)`` reads ``3 min 12 s``."""
+    seconds = int(age.total_seconds())
+    if seconds < 0:
+        return "0 s (its clock is ahead of this one)"
+    days, seconds = divmod(seconds, 86_400)
+    hours, seconds = divmod(seconds, 3_600)
+    minutes, seconds = divmod(seconds, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "min"), (seconds, "s")]
+    while len(parts) > 1 and parts[0][0] == 0:
+        parts.pop(0)
+    return " ".join(f"{value} {unit}" for value, unit in parts[:2])
+
+
+def _when(value: object) -> str:
+    if isinstance(value, datetime):
+        return f"{value.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    return "at an unknown time"
+
+
+# show
+
+
+def show(arguments: argparse.Namespace) -> int:
+    """Print the documents of one collection that match, as relaxed Extended JSON."""
+    with connect(arguments) as server:
+        database = server.database
+        name: str = arguments.collection
+        entry = database[REGISTRY_COLLECTION].find_one({ID: name})
+        if entry is None and name not in database.list_collection_names():
+            known = [str(each[ID]) for each in database[REGISTRY_COLLECTION].find({}, {ID: 1})]
+            raise CommandError(
+                f"no collection {name!r} in database {database.name!r} at {server.hosts}; "
+                f"its workflow collections are: {', '.join(sorted(known)) or 'none'}"
+            )
+        stored_keys: Mapping[str, str] = (entry or {}).get("fields") or {}
+        query = build_query(arguments, stored_keys)
+        collection = database[name]
+        matching = collection.count_documents(query)
+        cursor = collection.find(query).sort([(UPDATED_AT, -1), (ID, 1)]).limit(arguments.limit)
+        shown = 0
+        for document in cursor:
+            print(json_util.dumps(document, json_options=RELAXED_JSON, indent=2))
+            shown += 1
+    print(
+        f"{shown} of {matching} matching document(s) in {database.name}.{name}, most recently "
+        f"updated first; filter {json_util.dumps(query, json_options=RELAXED_JSON)}"
+        + (" (--where values are strings, compared as they are)" if not matching else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def build_query(arguments: argparse.Namespace, stored_keys: Mapping[str, str]) -> Document:
+    """The filter for ``show``: every value is a plain string, compared with ``$eq``.
+
+    A field may be given by its Python name (``workflow_id``, ``order_id``) or by its stored
+    key (``_id``); the registry's ``fields`` maps one to the other.
+    """
+    conditions: list[Document] = []
+    if arguments.id is not None:
+        conditions.append({ID: {"$eq": arguments.id}})
+    for field, value in arguments.where or []:
+        conditions.append({stored_keys.get(field, field): {"$eq": value}})
+    if arguments.status is not None:
+        conditions.append({STATUS: {"$eq": arguments.status}})
+    if not conditions:
+        return {}
+    return conditions[0] if len(conditions) == 1 else {"$and": conditions}
+
+
+def _field_equals_value(text: str) -> tuple[str, str]:
+    field, equals, value = text.partition("=")
+    if not equals or not field:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE")
+    if field.startswith("$") or "\x00" in field or any(not part for part in field.split(".")):
+        raise argparse.ArgumentTypeError(f"{field!r} is not a field name")
+    return field, value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 1 or more")
+    return number
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a timeout in seconds, above 0 and below an hour."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds < 3_600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 3600 seconds")
+    return seconds
+
+
+# demo
+
+
+def demo(arguments: argparse.Namespace) -> int:
+    """Run the order saga example."""
+    from busflow import demo as order_saga  # imported here: it imports this module
+
+    return order_saga.run(arguments, program=f"{PROGRAM} demo")
+
+
+# The parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="Look at busflow's workflow state in MongoDB (read-only), or run the demo.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument(
+        "--uri", help="MongoDB connection string (default: the MONGODB_URI environment variable)"
+    )
+    server.add_argument(
+        "--database",
+        help=f"database (default: the one in the URI, else {DEFAULT_DATABASE})",
+    )
+    server.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=5.0,
+        help="seconds to wait for the server (default: 5)",
+    )
+
+    inspect_parser = commands.add_parser(
+        "inspect",
+        parents=[server],
+        help="workflow collections: counts, oldest running workflow, index health",
+        description="For each workflow collection in busflow_workflows: its workflows by "
+        "status, its oldest running workflow and how long ago it changed, and whether "
+        "busflow's indexes are there as expected.",
+    )
+    inspect_parser.set_defaults(command=inspect)
+
+    show_parser = commands.add_parser(
+        "show",
+        parents=[server],
+        help="stored documents as relaxed Extended JSON",
+        description="Print the documents of a collection, most recently updated first. "
+        "--where values are plain strings compared by equality, never query operators.",
+    )
+    show_parser.add_argument("collection", metavar="COLLECTION", help="e.g. demo_order")
+    which = show_parser.add_mutually_exclusive_group()
+    which.add_argument("--id", help="the workflow id (the document's _id)")
+    which.add_argument(
+        "--where",
+        type=_field_equals_value,
+        action="append",
+        metavar="FIELD=VALUE",
+        help="a field (Python name or stored key) equal to a string; repeat to combine",
+    )
+    show_parser.add_argument(
+        "--status",
+        choices=[WorkflowStatus.RUNNING.value, WorkflowStatus.COMPLETE.value],
+        help="only workflows with this status",
+    )
+    show_parser.add_argument(
+        "--limit", type=_positive_int, default=20, help="documents to print (default: 20)"
+    )
+    show_parser.set_defaults(command=show)
+
+    demo_parser = commands.add_parser(
+        "demo",
+        help="run the order saga example",
+        description="Run the order saga example on --uri, MONGODB_URI or an embedded server.",
+    )
+    from busflow.demo import add_arguments
+
+    add_arguments(demo_parser)
+    demo_parser.set_defaults(command=demo)
+    return parser
+
+
+def _version() -> str:
+    try:
+        return version("busflow")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``busflow`` console script; returns the exit status."""
+    arguments = build_parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = arguments.command
+    uri: str | None = getattr(arguments, "uri", None) or os.environ.get("MONGODB_URI")
+    try:
+        status = command(arguments)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below
+        return status
+    except CommandError as error:
+        message, status = str(error), error.exit_status
+    except PyMongoError as error:
+        message, status = f"MongoDB failed: {_reason(error)} ({type(error).__name__})", 1
+    except KeyboardInterrupt:
+        message, status = "interrupted", 130
+    except BrokenPipeError:
+        # The reader went away (``busflow show ... | head``): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    print(f"{PROGRAM}: {mask_password(message, uri)}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
