@@ -22,6 +22,31 @@ from busflow import (
 ITEMS_PER_ORDER = 5
 
 
+class Lookup(Message):
+    """A message that carries the value a test looks up."""
+
+    value: Any = None
+
+
+def by(field: str) -> MessageWorkflowMapping[Lookup, Any]:
+    """A mapping from ``Lookup.value`` to ``field``."""
+    return MessageWorkflowMapping(lookup=lambda message, _a: message.value, maps_to=field)
+
+
+async def find(
+    persistence: Persistence,
+    state_type: type[Any],
+    field: str,
+    value: Any,
+    *,
+    include_completed: bool = False,
+) -> list[Any]:
+    """The states of ``state_type`` whose ``field`` equals ``value``."""
+    return await persistence.get_workflow_state(
+        state_type, by(field), Lookup(value=value), MessageAttributes(), include_completed
+    )
+
+
 class OrderPlaced(Message):
     order_id: str
 

@@ -33,6 +33,7 @@ from tests.scenarios import (
     check_carts,
     run_cart_race,
 )
+from tests.scenarios import find as find_states
 
 FAST_RETRIES = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.005)
 
@@ -108,12 +109,7 @@ def payment_bus(**handlers: Any) -> tuple[Bus, list[tuple[Message, MessageAttrib
 async def find(
     bus: Bus, state_type: type[Any], field: str, value: str, completed: bool = True
 ) -> list[Any]:
-    mapping: MessageWorkflowMapping[Any, Any] = MessageWorkflowMapping(
-        lookup=lambda _m, _a: value, maps_to=field
-    )
-    return await bus.persistence.get_workflow_state(
-        state_type, mapping, Message(), MessageAttributes(), completed
-    )
+    return await find_states(bus.persistence, state_type, field, value, include_completed=completed)
 
 
 # the happy path, and replies by sticky workflow_id

@@ -11,14 +11,12 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import InvalidOperation
 
 from busflow import (
-    Message,
-    MessageAttributes,
-    MessageWorkflowMapping,
     PersistenceConnectionError,
     WorkflowState,
 )
 from busflow.mongodb import MongoPersistence
 from tests.conftest import MongoBackend, WireServer
+from tests.scenarios import by, find
 
 
 class Ticket(WorkflowState):
@@ -28,21 +26,13 @@ class Ticket(WorkflowState):
     replies: int = 0
 
 
-class Lookup(Message):
-    value: Any = None
-
-
-BY_TICKET: MessageWorkflowMapping[Lookup, Ticket] = MessageWorkflowMapping(
-    lambda message, _a: message.value, "ticket_no"
-)
+BY_TICKET = by("ticket_no")
 
 
 async def save_and_find(persistence: MongoPersistence) -> Ticket:
     await persistence.initialize_workflow(Ticket, [BY_TICKET])
     await persistence.save_workflow_state(Ticket(workflow_id="wf-1", ticket_no="t-1"))
-    [found] = await persistence.get_workflow_state(
-        Ticket, BY_TICKET, Lookup(value="t-1"), MessageAttributes()
-    )
+    [found] = await find(persistence, Ticket, "ticket_no", "t-1")
     return found
 
 
@@ -121,9 +111,7 @@ async def test_each_operation_takes_one_round_trip(mongo_backend: MongoBackend) 
     assert commands.names == ["insert"]
 
     commands.names.clear()
-    [found] = await persistence.get_workflow_state(
-        Ticket, BY_TICKET, Lookup(value="t-1"), MessageAttributes()
-    )
+    [found] = await find(persistence, Ticket, "ticket_no", "t-1")
     assert commands.names == ["find"]
 
     commands.names.clear()
@@ -131,12 +119,7 @@ async def test_each_operation_takes_one_round_trip(mongo_backend: MongoBackend) 
     assert commands.names == ["findAndModify"]
 
     commands.names.clear()
-    assert (
-        await persistence.get_workflow_state(
-            Ticket, BY_TICKET, Lookup(value=None), MessageAttributes()
-        )
-        == []
-    )
+    assert await find(persistence, Ticket, "ticket_no", None) == []
     assert commands.names == [], "a lookup of None must not query"
 
 

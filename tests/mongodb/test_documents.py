@@ -13,7 +13,6 @@ from pydantic import Field
 from busflow import (
     ConfigurationError,
     InvalidStateValueError,
-    Message,
     MessageAttributes,
     MessageWorkflowMapping,
     StoredStateError,
@@ -22,6 +21,8 @@ from busflow import (
 )
 from busflow.mongodb import MongoPersistence
 from tests.conftest import MongoBackend
+from tests.scenarios import Lookup, by
+from tests.scenarios import find as find_states
 
 
 class ShopOrder(WorkflowState):
@@ -33,14 +34,6 @@ class ShopOrder(WorkflowState):
     notes: dict[str, Any] = Field(default_factory=dict)
 
 
-class Lookup(Message):
-    value: Any = None
-
-
-def by(field: str) -> MessageWorkflowMapping[Lookup, Any]:
-    return MessageWorkflowMapping(lookup=lambda message, _a: message.value, maps_to=field)
-
-
 @pytest.fixture
 async def persistence(mongo_backend: MongoBackend) -> AsyncIterator[MongoPersistence]:
     persistence = MongoPersistence(client=mongo_backend.client, database=mongo_backend.database)
@@ -50,10 +43,8 @@ async def persistence(mongo_backend: MongoBackend) -> AsyncIterator[MongoPersist
     await persistence.dispose()
 
 
-async def find(persistence: MongoPersistence, field: str, value: Any, **kwargs: Any) -> list[Any]:
-    return await persistence.get_workflow_state(
-        ShopOrder, by(field), Lookup(value=value), MessageAttributes(), **kwargs
-    )
+async def find(persistence: MongoPersistence, field: str, value: Any) -> list[Any]:
+    return await find_states(persistence, ShopOrder, field, value)
 
 
 def test_collection_names_are_readable_snake_case() -> None:

@@ -12,15 +12,13 @@ from pydantic import Field
 
 from busflow import (
     ConfigurationError,
-    Message,
-    MessageAttributes,
-    MessageWorkflowMapping,
     WorkflowConcurrencyError,
     WorkflowState,
     WorkflowStatus,
 )
 from busflow.mongodb import MongoPersistence
 from tests.conftest import MongoBackend
+from tests.scenarios import by, find
 
 
 class Booking(WorkflowState):
@@ -28,14 +26,6 @@ class Booking(WorkflowState):
 
     booking_ref: str = ""
     customer: str = Field(default="", alias="customerRef")
-
-
-class Lookup(Message):
-    value: Any = None
-
-
-def by(field: str) -> MessageWorkflowMapping[Lookup, Any]:
-    return MessageWorkflowMapping(lookup=lambda message, _a: message.value, maps_to=field)
 
 
 MAPPINGS = [by("booking_ref"), by("customer"), by("booking_ref"), by("workflow_id")]
@@ -156,17 +146,13 @@ async def test_unique_running_frees_the_value_once_the_workflow_completes(
     persistence.with_workflow_options(Booking, unique_running=["booking_ref"])
     await persistence.initialize_workflow(Booking, MAPPINGS)
     await persistence.save_workflow_state(Booking(workflow_id="wf-1", booking_ref="b-1"))
-    [first] = await persistence.get_workflow_state(
-        Booking, by("booking_ref"), Lookup(value="b-1"), MessageAttributes()
-    )
+    [first] = await find(persistence, Booking, "booking_ref", "b-1")
     await persistence.save_workflow_state(
         first.model_copy(update={"workflow_status": WorkflowStatus.COMPLETE})
     )
     await persistence.save_workflow_state(Booking(workflow_id="wf-2", booking_ref="b-1"))
 
-    found = await persistence.get_workflow_state(
-        Booking, by("booking_ref"), Lookup(value="b-1"), MessageAttributes(), True
-    )
+    found = await find(persistence, Booking, "booking_ref", "b-1", include_completed=True)
     assert sorted(state.workflow_id for state in found) == ["wf-1", "wf-2"]
 
 
