@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import pytest
+from pydantic import Field
 
 from busflow import (
     Bus,
@@ -18,6 +19,7 @@ from busflow import (
     MessageAttributes,
     MessageWorkflowMapping,
     RetryPolicy,
+    StoredStateError,
     Workflow,
     WorkflowMapper,
     WorkflowState,
@@ -660,3 +662,210 @@ async def test_waiting_on_a_bus_that_was_never_started_fails_fast() -> None:
     await bus.dispose()
     assert len(await find(bus, CartState, "order_id", "o-1")) == 1
     assert BY_ORDER.maps_to == "order_id"
+
+
+# failures at the edges
+
+
+async def test_a_handler_whose_own_await_was_cancelled_is_retried_not_fatal() -> None:
+    calls: list[int] = []
+
+    async def flaky(message: Ping, _a: MessageAttributes) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise asyncio.CancelledError  # e.g. it awaited a task someone else cancelled
+
+    bus = Bus.configure().with_handler(Ping, flaky).with_retry_policy(FAST_RETRIES).build()
+    async with bus:
+        await bus.send(Ping(key="k"))
+        await bus.wait_until_idle(timeout=5)
+        await bus.send(Ping(key="again"))
+        await bus.wait_until_idle(timeout=5)
+
+    assert len(calls) == 3
+    assert bus.dead_letters == []
+
+
+async def test_waiting_for_idle_returns_once_dispose_gave_up_queued_messages() -> None:
+    release = asyncio.Event()
+
+    async def slow(message: Ping, _a: MessageAttributes) -> None:
+        await release.wait()
+
+    bus = Bus.configure().with_handler(Ping, slow).with_dispose_timeout(0.05).build()
+    await bus.start()
+    for n in range(3):
+        await bus.send(Ping(key=f"k{n}"))
+    waiter = asyncio.create_task(bus.wait_until_idle())
+    await bus.dispose()
+
+    await asyncio.wait_for(waiter, timeout=5)
+
+
+async def test_a_message_sent_to_another_bus_from_a_handler_goes_to_that_bus() -> None:
+    received_on_b: list[Pong] = []
+
+    async def on_pong(message: Pong, _a: MessageAttributes) -> None:
+        received_on_b.append(message)
+
+    bus_b = Bus.configure().with_handler(Pong, on_pong).build()
+
+    async def forward(message: Ping, _a: MessageAttributes) -> None:
+        await bus_b.send(Pong(key=message.key))
+
+    bus_a = Bus.configure().with_handler(Ping, forward).build()
+    async with bus_a, bus_b:
+        await bus_a.send(Ping(key="k"))
+        await bus_a.wait_until_idle(timeout=5)
+        await bus_b.wait_until_idle(timeout=5)
+
+    assert received_on_b == [Pong(key="k")]
+    assert bus_a.dead_letters == []
+
+
+class Audited(Message):
+    order_id: str
+    step: int
+
+
+class AuditedState(WorkflowState):
+    workflow_name = "test/audited"
+
+    order_id: str = ""
+    steps: list[int] = Field(default_factory=list)
+
+
+class AuditedWorkflow(Workflow[AuditedState]):
+    def configure_workflow(self, mapper: WorkflowMapper[AuditedState]) -> None:
+        mapper.with_state(AuditedState).started_by(StartGroup, self.start).when(
+            Audited, self.step, MessageWorkflowMapping(lambda m, _a: m.order_id, "order_id")
+        )
+
+    async def start(
+        self, message: StartGroup, _s: AuditedState, _a: MessageAttributes
+    ) -> dict[str, Any]:
+        return {"order_id": message.group}
+
+    async def step(
+        self, message: Audited, state: AuditedState, _a: MessageAttributes
+    ) -> dict[str, Any]:
+        return {"steps": [*state.steps, message.step]}
+
+
+async def test_arrival_order_holds_when_another_handler_of_the_message_awaits() -> None:
+    delays = {1: 0.03, 2: 0.0, 3: 0.0}
+
+    async def audit(message: Audited, _a: MessageAttributes) -> None:
+        await asyncio.sleep(delays[message.step])
+
+    bus = (
+        Bus.configure()
+        .with_handler(Audited, audit)
+        .with_workflow(AuditedWorkflow)
+        .with_concurrency(3)
+        .build()
+    )
+    async with bus:
+        await bus.send(StartGroup(group="o-1", name="x"))
+        await bus.wait_until_idle(timeout=5)
+        for step in (1, 2, 3):
+            await bus.send(Audited(order_id="o-1", step=step))
+        await bus.wait_until_idle(timeout=5)
+
+    [state] = await find(bus, AuditedState, "order_id", "o-1")
+    assert state.steps == [1, 2, 3]
+
+
+async def test_a_lookup_that_raises_does_not_keep_the_message_from_other_handlers() -> None:
+    plain_calls: list[Audited] = []
+
+    async def audit(message: Audited, _a: MessageAttributes) -> None:
+        plain_calls.append(message)
+
+    def broken_lookup(message: Audited, _a: MessageAttributes) -> str:
+        raise KeyError("order_id")
+
+    class BrokenLookup(AuditedWorkflow):
+        def configure_workflow(self, mapper: WorkflowMapper[AuditedState]) -> None:
+            mapper.with_state(AuditedState).started_by(StartGroup, self.start).when(
+                Audited, self.step, MessageWorkflowMapping(broken_lookup, "order_id")
+            )
+
+    bus = (
+        Bus.configure()
+        .with_workflow(BrokenLookup)
+        .with_handler(Audited, audit)
+        .with_retry_policy(FAST_RETRIES)
+        .build()
+    )
+    async with bus:
+        await bus.send(Audited(order_id="o-1", step=1))
+        await bus.wait_until_idle(timeout=5)
+
+    assert plain_calls == [Audited(order_id="o-1", step=1)]
+    [dead] = bus.dead_letters
+    assert isinstance(dead.error, KeyError)
+    assert bus.metrics.unmatched == 0
+
+
+async def test_a_stored_state_that_no_longer_fits_is_dead_lettered_without_retries() -> None:
+    class BrokenStore(InMemoryPersistence):
+        async def get_workflow_state(self, *args: Any, **kwargs: Any) -> list[Any]:
+            raise StoredStateError(
+                "test/audited: wf-1 does not fit", collection="c", workflow_id="wf-1"
+            )
+
+    bus = Bus.configure().with_persistence(BrokenStore()).with_workflow(AuditedWorkflow).build()
+    async with bus:
+        await bus.send(Audited(order_id="o-1", step=1))
+        await bus.wait_until_idle(timeout=5)
+
+    [dead] = bus.dead_letters
+    assert isinstance(dead.error, StoredStateError)
+    assert dead.attempts == 1
+
+
+async def test_waiting_for_idle_inside_a_handler_is_refused() -> None:
+    async def impatient(message: Ping, _a: MessageAttributes) -> None:
+        await bus.wait_until_idle(timeout=1)
+
+    bus = Bus.configure().with_handler(Ping, impatient).with_retry_policy(FAST_RETRIES).build()
+    async with bus:
+        await bus.send(Ping(key="k"))
+        await bus.wait_until_idle(timeout=5)
+
+    [dead] = bus.dead_letters
+    assert isinstance(dead.error, BusError)
+
+
+async def test_configuration_mistakes_fail_at_startup() -> None:
+    class Required(WorkflowState):
+        workflow_name = "test/required"
+
+        order_id: str  # no default: a new workflow cannot be made
+
+    class RequiredWorkflow(Workflow[Required]):
+        def configure_workflow(self, mapper: WorkflowMapper[Required]) -> None:
+            mapper.with_state(Required).started_by(StartGroup, self.start)
+
+        async def start(self, message: StartGroup, state: Required, _a: MessageAttributes) -> None:
+            return None
+
+    with pytest.raises(ConfigurationError, match=r"\['order_id'\].*defaults"):
+        await Bus.configure().with_workflow(RequiredWorkflow).build().initialize()
+    with pytest.raises(ConfigurationError, match="more than one"):
+        await (
+            Bus.configure()
+            .with_workflow(CartWorkflow)
+            .with_workflow(CartWorkflow)
+            .build()
+            .initialize()
+        )
+
+    def not_async(message: Ping, _a: MessageAttributes) -> None:
+        return None
+
+    with pytest.raises(ConfigurationError, match="async"):
+        Bus.configure().with_handler(Ping, not_async)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="negative"):
+        Bus.configure().with_dispose_timeout(-1)

@@ -7,6 +7,7 @@ import collections
 import contextvars
 import enum
 import functools
+import inspect
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -19,7 +20,11 @@ from busflow.errors import (
     BusIdleTimeoutError,
     BusNotRunningError,
     ConfigurationError,
+    InvalidLookupValueError,
+    InvalidStateValueError,
+    StoredStateError,
     WorkflowConcurrencyError,
+    WorkflowUniquenessError,
 )
 from busflow.memory import InMemoryPersistence
 from busflow.messages import Message, MessageAttributes
@@ -95,6 +100,8 @@ class BusMetrics:
     dead_letters: int = 0
     unmatched: int = 0
     """Messages for a workflow that found no running state and were ignored."""
+    duplicate_starts: int = 0
+    """Starts refused by a uniqueness rule (``unique_running``) and ignored."""
 
 
 @dataclass
@@ -107,6 +114,7 @@ class _Outgoing:
 class _HandlingContext:
     """What one handler run collects: the messages it sends, held until it has saved."""
 
+    bus: Bus
     incoming: MessageAttributes
     workflow_id: str | None
     outbox: list[_Outgoing] = field(default_factory=list)
@@ -170,8 +178,33 @@ class _Lifecycle(enum.Enum):
     DISPOSED = "disposed"
 
 
-class _UnmatchedError(Exception):
-    """A workflow unit found nothing to do; not an error."""
+class _NothingToDoError(Exception):
+    """A unit found nothing to do (a workflow no longer running, a duplicate start)."""
+
+
+_NOT_RETRIED = (
+    ConfigurationError,
+    InvalidLookupValueError,
+    InvalidStateValueError,
+    StoredStateError,
+    WorkflowUniquenessError,
+)
+"""Failures that the same message would meet again: dead-lettered at once, not retried."""
+
+_Unit: TypeAlias = Callable[[], Awaitable[Any]]
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not just an await inside it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _safe_lookup(mapping: MessageWorkflowMapping[Any, Any], envelope: _Envelope) -> object:
+    try:
+        return mapping.lookup(envelope.message, envelope.attributes)
+    except Exception as error:
+        return f"<lookup failed: {error!r}>"
 
 
 class BusConfiguration:
@@ -206,6 +239,8 @@ class BusConfiguration:
 
     def with_handler(self, message_type: type[M], handler: MessageHandler) -> Self:
         """Register ``async def handler(message, attributes)`` for a message type."""
+        if not _is_async(handler):
+            raise ConfigurationError(f"handler {handler!r} must be an async function")
         self._handlers.append((message_type, handler))
         return self
 
@@ -227,6 +262,8 @@ class BusConfiguration:
 
     def with_dispose_timeout(self, seconds: float) -> Self:
         """How long ``dispose`` waits for in-flight handlers (default 10 s)."""
+        if seconds < 0:
+            raise ConfigurationError(f"the dispose timeout must not be negative, not {seconds}")
         self._dispose_timeout = seconds
         return self
 
@@ -381,6 +418,8 @@ class Bus:
                 "(the in-memory transport does not keep them)",
                 self._queue.qsize(),
             )
+            while not self._queue.empty():
+                self._settle(self._queue.get_nowait())
         dispose = getattr(self.persistence, "dispose", None)
         if dispose is not None:
             await dispose()
@@ -414,7 +453,9 @@ class Bus:
         Raises ``BusIdleTimeoutError`` (a ``TimeoutError``) if that has not happened within
         ``timeout`` seconds.
         """
-        if self._unfinished and self._lifecycle is not _Lifecycle.STARTED:
+        if _handling.get() is not None:
+            raise BusError("wait_until_idle() inside a handler would wait for that handler")
+        if self._unfinished and self._lifecycle in (_Lifecycle.BUILT, _Lifecycle.INITIALIZED):
             raise BusError(
                 f"wait_until_idle() with {self._unfinished} message(s) queued on a bus that is "
                 f"{self._lifecycle.value}; start() it first"
@@ -431,7 +472,7 @@ class Bus:
         if not isinstance(message, Message):
             raise TypeError(f"only busflow Message instances can be sent, not {message!r}")
         context = _handling.get()
-        if context is not None:
+        if context is not None and context.bus is self:
             outgoing = _Outgoing(message, context.outgoing_attributes(attributes))
             if context.open:
                 context.outbox.append(outgoing)
@@ -494,33 +535,42 @@ class Bus:
                 "no handler for %s; the message was ignored", type(envelope.message).__name__
             )
             return
+        # Claim each workflow's turn before any handler runs, so that arrival order holds
+        # even while an earlier subscriber of this message awaits.
+        plan: list[tuple[_Unit, Hashable | None]] = []
         for subscriber in subscribers:
-            if isinstance(subscriber, _PlainSubscriber):
-                await self._with_retries(
-                    envelope,
-                    subscriber.name,
-                    functools.partial(self._run_plain, subscriber, envelope),
-                )
-            elif subscriber.route.starts_workflow:
-                await self._with_retries(
-                    envelope,
-                    subscriber.name,
-                    functools.partial(self._start_workflow, subscriber, envelope),
-                )
+            unit = self._unit_for(subscriber, envelope)
+            key = self._ordering_key(subscriber, envelope)
+            if key is not None and key in self._busy_keys:
+                envelope.pending += 1
+                self._busy_keys[key].append((unit, envelope))
+                continue
+            if key is not None:
+                self._busy_keys[key] = collections.deque()
+            plan.append((unit, key))
+        for unit, key in plan:
+            if key is None:
+                await self._run_unit(unit, envelope)
             else:
-                unit = functools.partial(self._continue_workflows, subscriber, envelope)
-                key = self._ordering_key(subscriber, envelope) if self._per_workflow_order else None
-                if key is None:
-                    await unit()
-                else:
-                    await self._in_order(key, unit, envelope)
+                await self._run_in_turn(key, unit, envelope)
 
-    def _ordering_key(
-        self, subscriber: _WorkflowSubscriber[Any], envelope: _Envelope
-    ) -> tuple[type[WorkflowState], str, Hashable] | None:
+    def _unit_for(self, subscriber: _Subscriber, envelope: _Envelope) -> _Unit:
+        """One subscriber's handling of one message, retries included."""
+        if isinstance(subscriber, _PlainSubscriber):
+            run: _Unit = functools.partial(self._run_plain, subscriber, envelope)
+        elif subscriber.route.starts_workflow:
+            run = functools.partial(self._start_workflow, subscriber, envelope)
+        else:
+            return functools.partial(self._continue_workflows, subscriber, envelope)
+        return functools.partial(self._with_retries, envelope, subscriber.name, run)
+
+    def _ordering_key(self, subscriber: _Subscriber, envelope: _Envelope) -> Hashable | None:
         """What a message looks up: messages with the same key reach the same workflows."""
+        if not self._per_workflow_order or isinstance(subscriber, _PlainSubscriber):
+            return None
         mapping = subscriber.route.mapping
-        assert mapping is not None
+        if mapping is None:
+            return None
         try:
             value = mapping.lookup(envelope.message, envelope.attributes)
             hash(value)
@@ -528,27 +578,20 @@ class Bus:
             return None
         return None if value is None else (subscriber.state_type, mapping.maps_to, value)
 
-    async def _in_order(
-        self, key: Hashable, unit: Callable[[], Awaitable[None]], envelope: _Envelope
-    ) -> None:
-        """Run ``unit`` now, or after the units already running for the same key.
+    async def _run_in_turn(self, key: Hashable, unit: _Unit, envelope: _Envelope) -> None:
+        """Run ``unit``, whose key this delivery claimed, then the units that queued behind it.
 
-        A worker that finds the key busy leaves the unit with the worker that holds it and
+        A worker that finds a key busy leaves its unit with the worker that holds the key and
         moves on, so messages for one workflow run one at a time, in arrival order, while
         messages for other workflows keep every worker busy.
         """
-        waiting = self._busy_keys.get(key)
-        if waiting is not None:
-            envelope.pending += 1
-            waiting.append((unit, envelope))
-            return
-        waiting = self._busy_keys[key] = collections.deque()
+        waiting = self._busy_keys[key]
         try:
-            await unit()
+            await self._run_unit(unit, envelope)
             while waiting:
                 next_unit, next_envelope = waiting.popleft()
                 try:
-                    await next_unit()
+                    await self._run_unit(next_unit, next_envelope)
                 finally:
                     self._settle(next_envelope)
         finally:
@@ -561,23 +604,32 @@ class Bus:
                 for _, next_envelope in waiting:
                     self._settle(next_envelope)
 
-    async def _with_retries(
-        self, envelope: _Envelope, handler_name: str, unit: Callable[[], Awaitable[None]]
-    ) -> None:
-        """Run one unit of handling until it succeeds or runs out of attempts."""
+    async def _run_unit(self, unit: _Unit, envelope: _Envelope) -> None:
+        try:
+            await unit()
+        except Exception:  # a bug in the bus itself; the other subscribers still get the message
+            self._logger.exception("unexpected error handling %r", envelope.message)
+
+    async def _with_retries(self, envelope: _Envelope, handler_name: str, unit: _Unit) -> bool:
+        """Run one unit of handling until it succeeds or runs out of attempts.
+
+        Returns whether it succeeded; a unit that failed for good is dead-lettered.
+        """
         policy = self._retry_policy
         for attempt in range(1, policy.max_attempts + 1):
             try:
                 await unit()
-                return
-            except _UnmatchedError:
-                return
-            except Exception as error:
+                return True
+            except _NothingToDoError:
+                return True
+            except (Exception, asyncio.CancelledError) as error:
+                if isinstance(error, asyncio.CancelledError) and _being_cancelled():
+                    raise  # the bus is stopping this worker
                 if isinstance(error, WorkflowConcurrencyError):
                     self.metrics.conflicts += 1
-                if attempt == policy.max_attempts:
+                if attempt == policy.max_attempts or isinstance(error, _NOT_RETRIED):
                     self._dead_letter(envelope, handler_name, error, attempt)
-                    return
+                    return False
                 self.metrics.retries += 1
                 self._logger.debug(
                     "%s failed on %s (attempt %d of %d), retrying: %s",
@@ -588,9 +640,10 @@ class Bus:
                     error,
                 )
                 await asyncio.sleep(policy.delay(attempt))
+        return False
 
     def _dead_letter(
-        self, envelope: _Envelope, handler_name: str, error: Exception, attempts: int
+        self, envelope: _Envelope, handler_name: str, error: BaseException, attempts: int
     ) -> None:
         self.metrics.dead_letters += 1
         self.dead_letters.append(
@@ -606,7 +659,7 @@ class Bus:
         )
 
     async def _run_plain(self, subscriber: _PlainSubscriber, envelope: _Envelope) -> None:
-        context = _HandlingContext(envelope.attributes, workflow_id=None)
+        context = _HandlingContext(self, envelope.attributes, workflow_id=None)
         self.metrics.handler_runs += 1
         await self._in_context(context, subscriber.handler(envelope.message, envelope.attributes))
         self._flush(context)
@@ -615,7 +668,12 @@ class Bus:
         self, subscriber: _WorkflowSubscriber[Any], envelope: _Envelope
     ) -> None:
         state = subscriber.state_type.model_validate({"workflow_id": str(uuid.uuid4())})
-        await self._run_workflow_handler(subscriber, envelope, state, always_save=True)
+        try:
+            await self._run_workflow_handler(subscriber, envelope, state, always_save=True)
+        except WorkflowUniquenessError as error:
+            self.metrics.duplicate_starts += 1
+            self._logger.warning("%s: duplicate start ignored: %s", subscriber.name, error)
+            raise _NothingToDoError from error
 
     async def _continue_workflows(
         self, subscriber: _WorkflowSubscriber[Any], envelope: _Envelope
@@ -629,7 +687,8 @@ class Bus:
                 subscriber.state_type, mapping, envelope.message, envelope.attributes
             )
 
-        await self._with_retries(envelope, subscriber.name, look_up)
+        if not await self._with_retries(envelope, subscriber.name, look_up):
+            return
         if not states:
             self.metrics.unmatched += 1
             self._logger.info(
@@ -637,7 +696,7 @@ class Bus:
                 subscriber.name,
                 subscriber.state_type.workflow_name,
                 mapping.maps_to,
-                mapping.lookup(envelope.message, envelope.attributes),
+                _safe_lookup(mapping, envelope),
             )
             return
         for state in states:
@@ -655,7 +714,7 @@ class Bus:
         *,
         always_save: bool,
     ) -> None:
-        context = _HandlingContext(envelope.attributes, workflow_id=state.workflow_id)
+        context = _HandlingContext(self, envelope.attributes, workflow_id=state.workflow_id)
         self.metrics.handler_runs += 1
         result = await self._in_context(
             context,
@@ -685,6 +744,11 @@ class Bus:
         by_name: dict[str, type[WorkflowState]] = {}
         for state_type in state_types:
             other = by_name.setdefault(state_type.workflow_name, state_type)
+            if other is state_type and state_types.count(state_type) > 1:
+                raise ConfigurationError(
+                    f"{state_type.__name__} is the state of more than one registered workflow "
+                    "(or one workflow is registered twice); each workflow needs its own state"
+                )
             if other is not state_type:
                 raise ConfigurationError(
                     f"{state_type.__name__} and {other.__name__} both use workflow_name "
@@ -731,9 +795,15 @@ class _Retryable:
                 workflow_id,
                 type(self._envelope.message).__name__,
             )
-            raise _UnmatchedError
+            raise _NothingToDoError
         state: WorkflowState = found[0]
         return state
+
+
+def _is_async(handler: object) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - an object with an async __call__
+    )
 
 
 def apply_handler_result(state: S, result: object, *, handler_name: str) -> S | None:

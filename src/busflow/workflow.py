@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
+import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeAlias, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from busflow.errors import ConfigurationError
 from busflow.messages import Message, MessageAttributes
@@ -154,6 +155,22 @@ class WorkflowMapper(Generic[S]):
                 f"workflow {self._workflow_name} is never started: call "
                 "mapper.started_by(MessageType, self.handler) in configure_workflow"
             )
+        for route in self._routes:
+            if not inspect.iscoroutinefunction(route.handler):
+                raise ConfigurationError(
+                    f"workflow {self._workflow_name}: the handler for "
+                    f"{route.message_type.__name__} must be an async method"
+                )
+        try:
+            state_type.model_validate({"workflow_id": "new"})
+        except ValidationError as error:
+            missing = sorted(
+                {str(problem["loc"][0]) for problem in error.errors() if problem["loc"]}
+            )
+            raise ConfigurationError(
+                f"workflow {self._workflow_name}: a new {state_type.__name__} is made from its "
+                f"defaults, but {missing} have none; give them defaults"
+            ) from error
         for mapping in self.mappings:
             if mapping.maps_to not in state_type.model_fields:
                 raise ConfigurationError(
