@@ -30,6 +30,7 @@ def test_the_public_api_changes_only_on_purpose() -> None:
         "WorkflowMapper",
         "WorkflowState",
         "WorkflowStatus",
+        "WorkflowUniquenessError",
     ]
     for name in busflow.__all__:
         assert getattr(busflow, name).__module__.startswith("busflow.")

@@ -13,6 +13,7 @@ from busflow.errors import (
     PersistenceError,
     StoredStateError,
     WorkflowConcurrencyError,
+    WorkflowUniquenessError,
 )
 from busflow.memory import InMemoryPersistence
 from busflow.messages import Message, MessageAttributes
@@ -52,4 +53,5 @@ __all__ = [
     "WorkflowMapper",
     "WorkflowState",
     "WorkflowStatus",
+    "WorkflowUniquenessError",
 ]

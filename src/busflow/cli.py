@@ -35,7 +35,12 @@ from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailu
 
 from busflow.mongodb import redact_uri
 from busflow.mongodb._documents import ID, STATUS, UPDATED_AT
-from busflow.mongodb._persistence import REGISTRY_COLLECTION, ExpectedIndex, hosts_of
+from busflow.mongodb._persistence import (
+    REGISTRY_COLLECTION,
+    ExpectedIndex,
+    hosts_of,
+    uri_password,
+)
 from busflow.workflow import WorkflowStatus
 
 __all__ = ["RELAXED_JSON", "main", "mask_password", "positive_seconds"]
@@ -65,15 +70,12 @@ class CommandError(Exception):
 
 
 def mask_password(text: str, uri: str | None) -> str:
-    """``text`` with the password of ``uri`` (as written, and percent-decoded) masked."""
-    if not uri or redact_uri(uri) == uri:
+    """``text`` with the passwords of ``uri`` (as written, and percent-decoded) masked."""
+    if not uri:
         return text
     text = text.replace(uri, redact_uri(uri))
-    authority = uri.partition("://")[2]
-    query_at = authority.find("?")
-    user_info = authority[: authority.rfind("@", 0, query_at if query_at >= 0 else None)]
-    password = user_info.partition(":")[2]
-    for form in {password, unquote(password)}:
+    password = uri_password(uri)
+    for form in {password, unquote(password)} if password else ():
         if form:
             text = text.replace(form, "***")
     return text

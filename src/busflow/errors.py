@@ -7,6 +7,7 @@ The tree, so that a caller can catch as broadly or as narrowly as it needs::
     ├── PersistenceError              reading or writing workflow state failed
     │   ├── PersistenceConnectionError    the database cannot be reached
     │   ├── WorkflowConcurrencyError      a stale version, or a workflow that already exists
+    │   │   └── WorkflowUniquenessError       another running workflow holds a unique value
     │   ├── StoredStateError              a stored document no longer fits its state model
     │   ├── InvalidStateValueError        a state value the database cannot store
     │   └── InvalidLookupValueError       a mapping lookup returned a value that is not a scalar
@@ -32,6 +33,7 @@ __all__ = [
     "PersistenceError",
     "StoredStateError",
     "WorkflowConcurrencyError",
+    "WorkflowUniquenessError",
 ]
 
 
@@ -71,6 +73,34 @@ class WorkflowConcurrencyError(PersistenceError):
         self.collection = collection
         self.workflow_id = workflow_id
         self.expected_version = expected_version
+
+
+class WorkflowUniquenessError(WorkflowConcurrencyError):
+    """A save would give a second running workflow a value that must be unique.
+
+    Raised by persistences that enforce uniqueness (``MongoPersistence``'s
+    ``unique_running``). The bus ignores such a start as a duplicate, with a warning, and
+    dead-letters any other such save at once: retrying cannot help.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        collection: str,
+        workflow_id: str,
+        field: str,
+        value: object,
+        expected_version: int | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            collection=collection,
+            workflow_id=workflow_id,
+            expected_version=expected_version,
+        )
+        self.field = field
+        self.value = value
 
 
 class StoredStateError(PersistenceError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from busflow.errors import ConfigurationError, WorkflowConcurrencyError
@@ -22,12 +23,30 @@ __all__ = ["InMemoryPersistence"]
 S = TypeVar("S", bound=WorkflowState)
 
 
+def _stored_copy(state: WorkflowState, *, version: int) -> WorkflowState:
+    """A copy of ``state`` as a database would keep it: datetimes to the millisecond."""
+    data = _to_milliseconds(state.model_dump())
+    data["workflow_version"] = version
+    return type(state).model_validate(data, by_alias=False, by_name=True)
+
+
+def _to_milliseconds(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.replace(microsecond=value.microsecond // 1000 * 1000)
+    if isinstance(value, dict):
+        return {key: _to_milliseconds(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return type(value)(_to_milliseconds(item) for item in value)
+    return value
+
+
 class InMemoryPersistence:
     """Keeps workflow states in a dict; lost when the process ends.
 
-    It enforces versions exactly as ``MongoPersistence`` does, hands out copies rather than
-    live objects, and yields to the event loop at each call as a database would, so races
-    between handlers happen here as they would against a real store.
+    It enforces versions exactly as ``MongoPersistence`` does, keeps datetimes to the
+    millisecond as MongoDB does, hands out copies rather than live objects, and yields to the
+    event loop at each call as a database would, so races between handlers happen here as they
+    would against a real store.
     """
 
     def __init__(self) -> None:
@@ -102,9 +121,7 @@ class InMemoryPersistence:
                 workflow_id=state.workflow_id,
                 expected_version=expected,
             )
-        table[state.workflow_id] = state.model_copy(
-            deep=True, update={"workflow_version": expected + 1}
-        )
+        table[state.workflow_id] = _stored_copy(state, version=expected + 1)
         self._logger.debug(
             "save_workflow_state %s %s: version %d", name, state.workflow_id, expected + 1
         )

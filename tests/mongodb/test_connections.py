@@ -14,7 +14,7 @@ from busflow import (
     PersistenceConnectionError,
     WorkflowState,
 )
-from busflow.mongodb import MongoPersistence
+from busflow.mongodb import MongoPersistence, redact_uri
 from tests.conftest import MongoBackend, WireServer
 from tests.scenarios import by, find
 
@@ -140,3 +140,20 @@ async def test_startup_round_trips_do_not_grow_with_the_data(mongo_backend: Mong
 
     assert commands.names == with_one
     assert len(with_one) <= 3, with_one
+
+
+@pytest.mark.parametrize(
+    ("uri", "secret"),
+    [
+        ("mongodb://bob:s3cr?et@db.example:27017/app", "s3cr?et"),
+        ("mongodb://bob:p@ss/w0rd@db.example:27017/", "p@ss/w0rd"),
+        ("mongodb://bob:pl%40in@db.example/?authSource=admin", "pl%40in"),
+        ("mongodb://db.example/?tlsCertificateKeyFilePassword=hunter2", "hunter2"),
+    ],
+)
+def test_passwords_never_show_in_what_busflow_prints(uri: str, secret: str) -> None:
+    persistence = MongoPersistence(uri, database="workflows")
+
+    assert secret not in redact_uri(uri)
+    assert secret not in repr(persistence)
+    assert "db.example" in redact_uri(uri)

@@ -253,3 +253,21 @@ async def test_a_uuid_state_reads_back_through_a_client_with_default_codec_optio
 
     assert found.reference == reference
     assert found.at == at
+
+
+async def test_a_field_with_only_a_serialization_alias_round_trips(
+    mongo_backend: MongoBackend,
+) -> None:
+    class Invoice(WorkflowState):
+        workflow_name = "shop/invoice"
+
+        reference: str = Field(default="", serialization_alias="ref")
+
+    persistence = MongoPersistence(client=mongo_backend.client, database=mongo_backend.database)
+    await persistence.save_workflow_state(Invoice(workflow_id="wf-1", reference="r-1"))
+
+    [found] = await find_states(persistence, Invoice, "reference", "r-1")
+
+    assert found.reference == "r-1"
+    raw = mongo_backend.client[mongo_backend.database]["shop_invoice"]
+    assert await raw.count_documents({"ref": "r-1"}) == 1

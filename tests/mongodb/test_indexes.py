@@ -11,8 +11,13 @@ import pytest
 from pydantic import Field
 
 from busflow import (
+    Bus,
     ConfigurationError,
+    Message,
+    MessageAttributes,
+    Workflow,
     WorkflowConcurrencyError,
+    WorkflowMapper,
     WorkflowState,
     WorkflowStatus,
 )
@@ -246,3 +251,44 @@ async def test_the_registry_records_each_workflow_for_operators(
         "busflow_lookup_booking_ref",
         "busflow_lookup_customerRef",
     ]
+
+
+async def test_a_users_hashed_or_text_index_is_left_alone(
+    persistence: MongoPersistence, mongo_backend: MongoBackend
+) -> None:
+    if mongo_backend.name == "mongomock":
+        pytest.skip("mongomock-motor does not build hashed indexes")
+    await raw_collection(mongo_backend).create_index([("customerRef", "hashed")], name="shard_key")
+
+    await persistence.initialize_workflow(Booking, MAPPINGS)
+
+    indexes = await listed_indexes(mongo_backend)
+    assert "shard_key" in indexes
+    assert "busflow_lookup_customerRef" in indexes
+
+
+async def test_a_duplicate_start_is_ignored_not_retried(mongo_backend: MongoBackend) -> None:
+    class BookingRequested(Message):
+        booking_ref: str
+
+    class BookingWorkflow(Workflow[Booking]):
+        def configure_workflow(self, mapper: WorkflowMapper[Booking]) -> None:
+            mapper.with_state(Booking).started_by(BookingRequested, self.requested)
+
+        async def requested(
+            self, message: BookingRequested, state: Booking, _a: MessageAttributes
+        ) -> dict[str, Any]:
+            return {"booking_ref": message.booking_ref}
+
+    persistence = MongoPersistence(client=mongo_backend.client, database=mongo_backend.database)
+    persistence.with_workflow_options(Booking, unique_running=["booking_ref"])
+    bus = Bus.configure().with_persistence(persistence).with_workflow(BookingWorkflow).build()
+    async with bus:
+        await bus.send(BookingRequested(booking_ref="b-1"))
+        await bus.send(BookingRequested(booking_ref="b-1"))  # delivered twice
+        await bus.wait_until_idle(timeout=5)
+
+    assert bus.metrics.duplicate_starts == 1
+    assert bus.metrics.retries == 0
+    assert bus.dead_letters == []
+    assert len(await find(persistence, Booking, "booking_ref", "b-1")) == 1

@@ -8,6 +8,7 @@ representation; mongomock-motor takes no codec options at all).
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import uuid
 from collections.abc import Mapping
@@ -75,6 +76,11 @@ class StateLayout:
             keys[name] = key
         return cls(state_type, collection, keys)
 
+    @functools.cached_property
+    def field_names(self) -> dict[str, str]:
+        """Stored key to Python field name."""
+        return {key: name for name, key in self.keys.items()}
+
     def key_for(self, field_name: str) -> str:
         try:
             return self.keys[field_name]
@@ -103,8 +109,11 @@ class StateLayout:
     def from_document(self, document: Mapping[str, Any]) -> WorkflowState:
         """The state a stored document holds; raises ``StoredStateError`` if it does not fit."""
         workflow_id = document.get(ID)
+        names = self.field_names
         data = {
-            key: decode_value(value) for key, value in document.items() if not key.startswith("_")
+            names.get(key, key): decode_value(value)
+            for key, value in document.items()
+            if not key.startswith("_")
         }
         data["workflow_id"] = workflow_id
         data["workflow_version"] = document.get(VERSION)
@@ -172,14 +181,15 @@ def encode_value(value: Any, path: str, collection: str = "", workflow_id: str =
     if isinstance(value, Mapping):
         encoded = {}
         for key, item in value.items():
-            if not isinstance(key, str) or key.startswith("$") or "\x00" in key:
+            name = _key_text(key)
+            if name is None or name.startswith("$") or "\x00" in name:
                 raise _invalid(
                     collection,
                     workflow_id,
                     f"{path}[{key!r}]",
-                    "keys must be strings not starting with '$'",
+                    "keys must be strings, numbers or UUIDs, and not start with '$'",
                 )
-            encoded[key] = encode_value(item, f"{path}.{key}", collection, workflow_id)
+            encoded[name] = encode_value(item, f"{path}.{name}", collection, workflow_id)
         return encoded
     if isinstance(value, (list, tuple, set, frozenset)):
         return [
@@ -189,6 +199,18 @@ def encode_value(value: Any, path: str, collection: str = "", workflow_id: str =
     raise _invalid(
         collection, workflow_id, path, f"a {type(value).__name__} cannot be stored in MongoDB"
     )
+
+
+def _key_text(key: object) -> str | None:
+    """A dict key as BSON holds it: a string. Numbers, UUIDs and enums become their text,
+    which pydantic turns back into the key type the model declares."""
+    if isinstance(key, enum.Enum):
+        key = key.value
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int | float | Decimal | uuid.UUID) and not isinstance(key, bool):
+        return str(key)
+    return None
 
 
 def decode_value(value: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,15 +16,18 @@ from pymongo.errors import (
     CollectionInvalid,
     ConnectionFailure,
     DuplicateKeyError,
+    InvalidURI,
     OperationFailure,
     PyMongoError,
 )
+from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 
 from busflow.errors import (
     ConfigurationError,
     PersistenceConnectionError,
     PersistenceError,
     WorkflowConcurrencyError,
+    WorkflowUniquenessError,
 )
 from busflow.messages import Message, MessageAttributes
 from busflow.mongodb._documents import (
@@ -51,6 +55,7 @@ __all__ = [
     "expected_indexes",
     "hosts_of",
     "redact_uri",
+    "uri_password",
 ]
 
 S = TypeVar("S", bound=WorkflowState)
@@ -72,10 +77,15 @@ class WorkflowOptions:
     """How long a completed workflow is kept before MongoDB deletes it (a TTL index)."""
 
 
+def _direction(value: object) -> int | str:
+    """An index key's direction as listed (1.0, Int64(1)...) as an int; "hashed" etc. as is."""
+    return int(value) if isinstance(value, int | float) else str(value)
+
+
 @dataclass(frozen=True)
 class ExpectedIndex:
     name: str
-    keys: tuple[tuple[str, int], ...]
+    keys: tuple[tuple[str, int | str], ...]
     unique: bool = False
     partial_filter: dict[str, Any] | None = None
     expire_after_seconds: int | None = None
@@ -100,7 +110,9 @@ class ExpectedIndex:
     def from_description(cls, described: dict[str, Any]) -> ExpectedIndex:
         return cls(
             name=str(described["name"]),
-            keys=tuple((str(key), int(value)) for key, value in dict(described["key"]).items()),
+            keys=tuple(
+                (str(key), _direction(value)) for key, value in dict(described["key"]).items()
+            ),
             unique=bool(described.get("unique", False)),
             partial_filter=described.get("partialFilterExpression"),
             expire_after_seconds=described.get("expireAfterSeconds"),
@@ -109,7 +121,7 @@ class ExpectedIndex:
     def differences(self, listed: dict[str, Any]) -> list[str]:
         """How an index as the server lists it differs from this one (ignoring the TTL)."""
         found: list[str] = []
-        keys = tuple((str(key), int(direction)) for key, direction in dict(listed["key"]).items())
+        keys = tuple((str(key), _direction(value)) for key, value in dict(listed["key"]).items())
         if keys != self.keys:
             found.append(f"keys {dict(keys)} instead of {dict(self.keys)}")
         if bool(listed.get("unique", False)) != self.unique:
@@ -155,23 +167,46 @@ def expected_indexes(
     return indexes
 
 
-def redact_uri(uri: str) -> str:
-    """A connection string safe to print: the password, if any, becomes ``***``."""
+_SECRET_OPTIONS = re.compile(
+    r"(?i)(?P<name>[?&][^=&]*(?:password|authmechanismproperties)[^=&]*=)[^&]*"
+)
+
+
+def _split_credentials(uri: str) -> tuple[str, str, str | None, str] | None:
+    """``(scheme, user, password, after)`` of a connection string with credentials.
+
+    The credentials end at the last ``@``: a password may hold an unescaped ``@``, ``/`` or
+    ``?``. Should an option after the hosts hold an ``@``, more is hidden than needed, never
+    less.
+    """
     scheme, separator, rest = uri.partition("://")
-    if not separator:
-        return uri
-    query_at = rest.find("?")
-    at = rest.rfind("@", 0, query_at if query_at >= 0 else len(rest))
-    if at < 0 or ":" not in rest[:at]:
-        return uri
-    user = rest[:at].split(":", 1)[0]
-    return f"{scheme}://{user}:***@{rest[at + 1 :]}"
+    at = rest.rfind("@")
+    if not separator or at < 0:
+        return None
+    user, colon, password = rest[:at].partition(":")
+    return scheme, user, (password if colon else None), rest[at + 1 :]
+
+
+def redact_uri(uri: str) -> str:
+    """A connection string safe to print: passwords, in the credentials or options, are ``***``."""
+    parts = _split_credentials(uri)
+    if parts is not None and parts[2] is not None:
+        scheme, user, _, after = parts
+        uri = f"{scheme}://{user}:***@{after}"
+    return _SECRET_OPTIONS.sub(r"\g<name>***", uri)
+
+
+def uri_password(uri: str) -> str | None:
+    """The password in a connection string, to keep out of anything printed."""
+    parts = _split_credentials(uri)
+    return None if parts is None else parts[2]
 
 
 def hosts_of(uri: str) -> str:
     """The hosts of a connection string, for messages: never its credentials."""
-    authority = redact_uri(uri).partition("://")[2].split("/", 1)[0].split("?", 1)[0]
-    return authority.rpartition("@")[2] or "localhost"
+    parts = _split_credentials(uri)
+    after = parts[3] if parts is not None else uri.partition("://")[2]
+    return after.split("/", 1)[0].split("?", 1)[0] or "localhost"
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -271,8 +306,19 @@ class MongoPersistence:
             async with asyncio.timeout(self._connect_timeout):
                 await self.client.admin.command("ping")
         except (PyMongoError, TimeoutError) as error:
+            where = self._where()
+            await self.dispose()
+            if isinstance(error, InvalidURI | PyMongoConfigurationError):
+                raise ConfigurationError(
+                    f"bad MongoDB connection string for {where}: {type(error).__name__}"
+                ) from None
+            if isinstance(error, OperationFailure):
+                raise PersistenceConnectionError(
+                    f"MongoDB at {where} refused the connection (code {error.code}); check "
+                    "the user, password and authSource"
+                ) from None
             raise PersistenceConnectionError(
-                f"cannot reach MongoDB at {self._where()} within {self._connect_timeout:g} s "
+                f"cannot reach MongoDB at {where} within {self._connect_timeout:g} s "
                 f"({type(error).__name__}); check that the server runs and the address is right"
             ) from None
         self._logger.info(
@@ -298,8 +344,7 @@ class MongoPersistence:
         wanted = expected_indexes(layout, mappings, options)
         try:
             await self._ensure_collection(layout.collection)
-            if wanted:
-                await self._ensure_indexes(layout.collection, wanted)
+            await self._ensure_indexes(layout.collection, wanted)
             await self._register(layout, wanted)
         except ConnectionFailure as error:
             raise self._connection_error("initialize_workflow", layout.collection, error) from error
@@ -413,6 +458,17 @@ class MongoPersistence:
         collection = self.database[collection_name]
         cursor = await _maybe_await(collection.list_indexes())
         listed = {index["name"]: index async for index in cursor}
+        if RETENTION_INDEX in listed and all(index.name != RETENTION_INDEX for index in wanted):
+            self._logger.warning(
+                "%s: completed workflows are still deleted after %s s by the index %r, though "
+                "no retain_completed is configured; drop it to keep them "
+                "(db.%s.dropIndex(%r))",
+                collection_name,
+                listed[RETENTION_INDEX].get("expireAfterSeconds"),
+                RETENTION_INDEX,
+                collection_name,
+                RETENTION_INDEX,
+            )
         missing: list[ExpectedIndex] = []
         for index in wanted:
             found = listed.get(index.name)
@@ -474,18 +530,19 @@ class MongoPersistence:
         if pattern and pattern != [ID]:
             key = pattern[0]
             value = dict(details.get("keyValue") or {}).get(key)
-            message = (
+            return WorkflowUniquenessError(
                 f"{layout.collection}: another running workflow already has {key}={value!r}, "
                 f"so workflow {state.workflow_id} was not saved (unique_running); the message "
-                "that started it may have been delivered twice"
-            )
-        else:
-            message = (
-                f"{layout.collection}: workflow {state.workflow_id} already exists; a new "
-                "workflow needs a new id"
+                "that started it may have been delivered twice",
+                collection=layout.collection,
+                workflow_id=state.workflow_id,
+                field=key,
+                value=value,
+                expected_version=state.workflow_version,
             )
         return WorkflowConcurrencyError(
-            message,
+            f"{layout.collection}: workflow {state.workflow_id} already exists; a new "
+            "workflow needs a new id",
             collection=layout.collection,
             workflow_id=state.workflow_id,
             expected_version=state.workflow_version,

@@ -69,6 +69,7 @@ class ContractValues(WorkflowState):
     numbers: list[int] = Field(default_factory=list)
     labels: dict[str, Any] = Field(default_factory=dict)
     history: list[Address] = Field(default_factory=list)
+    counts: dict[int, str] = Field(default_factory=dict)
 
 
 class ContractMessage(Message):
@@ -343,6 +344,7 @@ class PersistenceContract:
             numbers=[1, 2, 3],
             labels={"nested": {"deep": [1, "two", None, True]}, "when": "later"},
             history=[Address(street="old"), Address(street="older", tags=["x"])],
+            counts={1: "one", -2: "minus two"},
         )
 
         await store.save_workflow_state(state)
@@ -356,6 +358,16 @@ class PersistenceContract:
         assert str(stored.amount) == "1234.50"
         assert type(stored.reference) is uuid.UUID
         assert type(stored.day) is date
+
+    async def test_datetimes_are_kept_to_the_millisecond(self, store: Persistence) -> None:
+        precise = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
+        await store.save_workflow_state(
+            ContractValues(workflow_id=str(uuid.uuid4()), key="precise", at=precise)
+        )
+
+        [stored] = await self.find(store, BY_KEY, "precise", state_type=ContractValues)
+
+        assert stored.at == precise.replace(microsecond=123000)
 
     async def test_an_aware_datetime_in_another_zone_is_the_same_instant(
         self, store: Persistence
