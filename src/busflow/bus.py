@@ -789,6 +789,7 @@ class _Retryable:
             self._subscriber.state_type, by_id, self._envelope.message, self._envelope.attributes
         )
         if not found:
+            self._bus.metrics.unmatched += 1
             self._bus._logger.info(
                 "%s: workflow %s is no longer running; %s was not applied to it",
                 self._subscriber.name,

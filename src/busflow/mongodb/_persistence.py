@@ -250,6 +250,7 @@ class MongoPersistence:
         self._options: dict[type[WorkflowState], WorkflowOptions] = {}
         self._layouts: dict[type[WorkflowState], StateLayout] = {}
         self._state_type_by_collection: dict[str, type[WorkflowState]] = {}
+        self._collections: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         where = redact_uri(self._uri) if self._uri is not None else type(self._client).__name__
@@ -330,6 +331,7 @@ class MongoPersistence:
         if self._owns_client and self._client is not None:
             await _maybe_await(self._client.close())
             self._client = None
+            self._collections.clear()
 
     # the protocol
 
@@ -376,7 +378,7 @@ class MongoPersistence:
             query[STATUS] = WorkflowStatus.RUNNING.value
         try:
             documents = [
-                document async for document in self.database[layout.collection].find(query)
+                document async for document in self._collection(layout.collection).find(query)
             ]
         except ConnectionFailure as error:
             raise self._connection_error("get_workflow_state", layout.collection, error) from error
@@ -393,7 +395,7 @@ class MongoPersistence:
         layout = self._layout(type(state))
         version = state.workflow_version
         document = layout.to_document(state, version=version + 1, now=datetime.now(UTC))
-        collection = self.database[layout.collection]
+        collection = self._collection(layout.collection)
         try:
             if version == 0:
                 await collection.insert_one(document)
@@ -427,6 +429,13 @@ class MongoPersistence:
         )
 
     # helpers
+
+    def _collection(self, name: str) -> Any:
+        """The collection object, made once: PyMongo builds new ones on every ``db[name]``."""
+        collection = self._collections.get(name)
+        if collection is None:
+            collection = self._collections[name] = self.database[name]
+        return collection
 
     def _layout(self, state_type: type[WorkflowState]) -> StateLayout:
         layout = self._layouts.get(state_type)
