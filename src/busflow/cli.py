@@ -259,16 +259,16 @@ def check_indexes(
             continue
         found = listed.get(expected.name)
         if found is None:
-            same = [name for name, index in listed.items() if _has_spec(expected, index)]
-            if same:
-                healthy.append(f"{expected.name} (as {same[0]})")
+            same = expected.same_spec_in(listed)
+            if same is not None:
+                healthy.append(f"{expected.name} (as {same})")
             else:
                 problems.append(
                     f"    ! missing  {expected.name} {dict(expected.keys)}: the next bus start "
                     "creates it; until then lookups on it scan the collection"
                 )
             continue
-        differences = _differences(expected, found)
+        differences = expected.differences(found)
         if differences:
             problems.append(
                 f"    ! differs  {expected.name}: {'; '.join(differences)}; a bus will not "
@@ -289,17 +289,6 @@ def check_indexes(
     if healthy:
         lines.append(f"    ok: {', '.join(healthy)}")
     return lines, len(problems)
-
-
-def _differences(expected: ExpectedIndex, listed: Mapping[str, Any]) -> list[str]:
-    try:
-        return expected.differences(dict(listed))
-    except (KeyError, TypeError, ValueError):  # e.g. a text index's "text" key direction
-        return [f"key {listed.get('key')} instead of {dict(expected.keys)}"]
-
-
-def _has_spec(expected: ExpectedIndex, listed: Mapping[str, Any]) -> bool:
-    return not _differences(expected, listed)
 
 
 def format_age(age: timedelta) -> str:

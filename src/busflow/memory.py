@@ -15,6 +15,7 @@ from busflow.workflow import (
     MessageWorkflowMapping,
     WorkflowState,
     WorkflowStatus,
+    check_mapping_fields,
     check_state_type,
 )
 
@@ -63,12 +64,7 @@ class InMemoryPersistence:
         mappings: Sequence[MessageWorkflowMapping[Any, Any]],
     ) -> None:
         self._table(state_type)
-        for mapping in mappings:
-            if mapping.maps_to not in state_type.model_fields:
-                raise ConfigurationError(
-                    f"{state_type.workflow_name}: mapping field {mapping.maps_to!r} is not a "
-                    f"field of {state_type.__name__}"
-                )
+        check_mapping_fields(state_type, mappings, owner=state_type.workflow_name)
 
     async def get_workflow_state(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeAlias, TypeVar
 
@@ -171,13 +171,7 @@ class WorkflowMapper(Generic[S]):
                 f"workflow {self._workflow_name}: a new {state_type.__name__} is made from its "
                 f"defaults, but {missing} have none; give them defaults"
             ) from error
-        for mapping in self.mappings:
-            if mapping.maps_to not in state_type.model_fields:
-                raise ConfigurationError(
-                    f"workflow {self._workflow_name}: a mapping maps to {mapping.maps_to!r}, "
-                    f"which is not a field of {state_type.__name__}; fields are "
-                    f"{sorted(state_type.model_fields)}"
-                )
+        check_mapping_fields(state_type, self.mappings, owner=f"workflow {self._workflow_name}")
 
 
 def check_state_type(state_type: type[WorkflowState], *, owner: str) -> None:
@@ -190,6 +184,21 @@ def check_state_type(state_type: type[WorkflowState], *, owner: str) -> None:
             f"{owner}: {state_type.__name__} has no workflow_name; add a class attribute "
             'such as workflow_name = "shop/order"'
         )
+
+
+def check_mapping_fields(
+    state_type: type[WorkflowState],
+    mappings: Sequence[MessageWorkflowMapping[Any, Any]],
+    *,
+    owner: str,
+) -> None:
+    """Fail with a clear error if a mapping maps to a field the state does not have."""
+    for mapping in mappings:
+        if mapping.maps_to not in state_type.model_fields:
+            raise ConfigurationError(
+                f"{owner}: a mapping maps to {mapping.maps_to!r}, which is not a field of "
+                f"{state_type.__name__}; fields are {sorted(state_type.model_fields)}"
+            )
 
 
 class WorkflowSender(Protocol):

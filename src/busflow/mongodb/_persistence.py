@@ -118,6 +118,10 @@ class ExpectedIndex:
             expire_after_seconds=described.get("expireAfterSeconds"),
         )
 
+    def same_spec_in(self, listed: dict[str, dict[str, Any]]) -> str | None:
+        """The name of a listed index with this one's spec under any name, if there is one."""
+        return next((name for name, index in listed.items() if not self.differences(index)), None)
+
     def differences(self, listed: dict[str, Any]) -> list[str]:
         """How an index as the server lists it differs from this one (ignoring the TTL)."""
         found: list[str] = []
@@ -482,7 +486,7 @@ class MongoPersistence:
         for index in wanted:
             found = listed.get(index.name)
             if found is None:
-                if not any(not index.differences(other) for other in listed.values()):
+                if index.same_spec_in(listed) is None:
                     missing.append(index)
                 continue
             differences = index.differences(found)
