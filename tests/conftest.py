@@ -19,6 +19,8 @@ from busflow.mongodb.embedded import embedded_server_available
 
 _ran: Counter[str] = Counter()
 _skipped: dict[str, str] = {}
+_backend_of: dict[str, str] = {}
+"""Test id to the backend it runs against, set while it is set up."""
 
 
 @dataclass(frozen=True)
@@ -99,11 +101,11 @@ async def mongo_backend(request: pytest.FixtureRequest) -> AsyncIterator[MongoBa
     if request.param == "mongomock":
         from mongomock_motor import AsyncMongoMockClient
 
-        _ran["mongomock (mongomock-motor, in process)"] += 1
+        _backend_of[request.node.nodeid] = "mongomock (mongomock-motor, in process)"
         yield MongoBackend("mongomock", AsyncMongoMockClient(), database, None, None)
         return
     server: WireServer = request.getfixturevalue("wire_server")
-    _ran[server.label] += 1
+    _backend_of[request.node.nodeid] = server.label
     commands = Commands()
     client: AsyncMongoClient[Any] = AsyncMongoClient(
         server.uri, event_listeners=[commands], serverSelectionTimeoutMS=5000
@@ -117,11 +119,19 @@ async def mongo_backend(request: pytest.FixtureRequest) -> AsyncIterator[MongoBa
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     names = getattr(item, "fixturenames", ())
-    if "mongo_backend" in names:
-        return  # counted by the fixture, per backend
-    _ran[
-        "wire server, from a subprocess (CLI and demo)" if "wire_server" in names else "in-memory"
-    ] += 1
+    if "mongo_backend" not in names:  # that fixture names its backend itself
+        _backend_of[item.nodeid] = (
+            "wire server, from a subprocess (CLI and demo)"
+            if "wire_server" in names
+            else "in-memory"
+        )
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Count a test for its backend once its body ran: skipped tests are not counted."""
+    backend = _backend_of.get(report.nodeid)
+    if backend is not None and report.when == "call" and not report.skipped:
+        _ran[backend] += 1
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
