@@ -208,7 +208,7 @@ class Server:
 def embedded_server() -> Iterator[str]:
     """mongoeco's wire server in its own process, as the tests start it; stopped afterwards."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "busflow.mongodb.embedded"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "busflow.mongodb._embedded"], stdout=subprocess.PIPE, text=True
     )
     try:
         assert process.stdout is not None
@@ -1178,7 +1178,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         ),
         epilog=(
             "Without --uri or MONGODB_URI it starts mongoeco's wire server "
-            "(python -m busflow.mongodb.embedded) as a subprocess. mongoeco is not MongoDB: "
+            "(python -m busflow.mongodb._embedded) as a subprocess. mongoeco is not MongoDB: "
             "its figures say nothing about MongoDB's speed. See benchmarks/README.md."
         ),
     )

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient, monitoring
 
-from busflow.mongodb import redact_uri
-from busflow.mongodb.embedded import embedded_server_available
+from busflow.mongodb import embedded_server_available, redact_uri
 
 _ran: Counter[str] = Counter()
 _skipped: dict[str, str] = {}
@@ -47,7 +46,7 @@ def wire_server() -> Iterator[WireServer]:
         _skipped["wire"] = reason
         pytest.skip(reason)
     process = subprocess.Popen(
-        [sys.executable, "-m", "busflow.mongodb.embedded"],
+        [sys.executable, "-m", "busflow.mongodb._embedded"],
         stdout=subprocess.PIPE,
         text=True,
     )

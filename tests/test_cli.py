@@ -74,7 +74,7 @@ def test_inspect_lists_counts_oldest_running_workflow_and_healthy_indexes(
     lines = [line.strip() for line in result.stdout.splitlines()]
     assert lines[0].startswith(f"database {demo_database.name} at ")
     assert "1 workflow collection(s)" in lines[0]
-    assert "demo_order  (workflow demo/order, state busflow.demo.OrderState)" in lines
+    assert "demo_order  (workflow demo/order, state busflow.cli._demo.OrderState)" in lines
     assert "workflows:      1 running, 1 complete (2 in all)" in lines
     [oldest] = [line for line in lines if line.startswith("oldest running:")]
     running = demo_database.running

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from busflow.mongodb.embedded import embedded_server_available
+from busflow.mongodb import embedded_server_available
 from tests.conftest import WireServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,7 +168,7 @@ def test_busflow_demo_uses_mongodb_uri_from_the_environment(
 
 
 BLOCK_MONGOECO = "import sys; sys.modules['mongoeco'] = None; "
-RUN_DEMO = "from busflow.demo import main; raise SystemExit(main([]))"
+RUN_DEMO = "from busflow.cli import demo_main; raise SystemExit(demo_main([]))"
 
 
 def test_without_mongoeco_it_falls_back_to_mongomock() -> None:

@@ -1,7 +1,7 @@
 """busflow: durable workflow (saga) state in MongoDB, and the async message bus it runs on."""
 
-from busflow.bus import Bus, BusConfiguration, BusMetrics, DeadLetter, RetryPolicy
-from busflow.errors import (
+from busflow._bus import Bus, BusConfiguration, BusMetrics, DeadLetter, RetryPolicy
+from busflow._errors import (
     BusError,
     BusflowError,
     BusIdleTimeoutError,
@@ -15,10 +15,10 @@ from busflow.errors import (
     WorkflowConcurrencyError,
     WorkflowUniquenessError,
 )
-from busflow.memory import InMemoryPersistence
-from busflow.messages import Message, MessageAttributes
-from busflow.persistence import CoreDependencies, Persistence
-from busflow.workflow import (
+from busflow._memory import InMemoryPersistence
+from busflow._messages import Message, MessageAttributes
+from busflow._persistence import CoreDependencies, Persistence
+from busflow._workflow import (
     MessageWorkflowMapping,
     Workflow,
     WorkflowMapper,

@@ -1,5 +1,26 @@
-"""Workflow state in MongoDB: ``MongoPersistence``."""
+"""Workflow state in MongoDB: ``MongoPersistence``, and what operator tools need to read it."""
 
-from busflow.mongodb._persistence import MongoPersistence, WorkflowOptions, redact_uri
+from busflow._uri import hosts_of, mask_password, redact_uri
+from busflow.mongodb._documents import STATUS as STATUS_FIELD
+from busflow.mongodb._documents import UPDATED_AT as UPDATED_AT_FIELD
+from busflow.mongodb._embedded import EmbeddedServer, embedded_server_available
+from busflow.mongodb._persistence import (
+    REGISTRY_COLLECTION,
+    ExpectedIndex,
+    MongoPersistence,
+    WorkflowOptions,
+)
 
-__all__ = ["MongoPersistence", "WorkflowOptions", "redact_uri"]
+__all__ = [
+    "REGISTRY_COLLECTION",
+    "STATUS_FIELD",
+    "UPDATED_AT_FIELD",
+    "EmbeddedServer",
+    "ExpectedIndex",
+    "MongoPersistence",
+    "WorkflowOptions",
+    "embedded_server_available",
+    "hosts_of",
+    "mask_password",
+    "redact_uri",
+]

@@ -25,8 +25,8 @@ from bson.int64 import Int64
 from bson.objectid import ObjectId
 from pydantic import ValidationError
 
-from busflow.errors import ConfigurationError, InvalidStateValueError, StoredStateError
-from busflow.workflow import WorkflowState, WorkflowStatus
+from busflow._errors import ConfigurationError, InvalidStateValueError, StoredStateError
+from busflow._workflow import WorkflowState, WorkflowStatus
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 """MongoDB's limit on one document (``maxBsonObjectSize``)."""

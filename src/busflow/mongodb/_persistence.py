@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,14 +21,22 @@ from pymongo.errors import (
 )
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 
-from busflow.errors import (
+from busflow._errors import (
     ConfigurationError,
     PersistenceConnectionError,
     PersistenceError,
     WorkflowConcurrencyError,
     WorkflowUniquenessError,
 )
-from busflow.messages import Message, MessageAttributes
+from busflow._messages import Message, MessageAttributes
+from busflow._persistence import CoreDependencies, resolve_lookup
+from busflow._uri import hosts_of, redact_uri
+from busflow._workflow import (
+    MessageWorkflowMapping,
+    WorkflowState,
+    WorkflowStatus,
+    check_state_type,
+)
 from busflow.mongodb._documents import (
     COMPLETED_AT,
     ID,
@@ -39,13 +46,6 @@ from busflow.mongodb._documents import (
     collection_name_for,
     encode_value,
 )
-from busflow.persistence import CoreDependencies, resolve_lookup
-from busflow.workflow import (
-    MessageWorkflowMapping,
-    WorkflowState,
-    WorkflowStatus,
-    check_state_type,
-)
 
 __all__ = [
     "REGISTRY_COLLECTION",
@@ -53,9 +53,6 @@ __all__ = [
     "MongoPersistence",
     "WorkflowOptions",
     "expected_indexes",
-    "hosts_of",
-    "redact_uri",
-    "uri_password",
 ]
 
 S = TypeVar("S", bound=WorkflowState)
@@ -169,48 +166,6 @@ def expected_indexes(
             ExpectedIndex(RETENTION_INDEX, ((COMPLETED_AT, 1),), expire_after_seconds=seconds)
         )
     return indexes
-
-
-_SECRET_OPTIONS = re.compile(
-    r"(?i)(?P<name>[?&][^=&]*(?:password|authmechanismproperties)[^=&]*=)[^&]*"
-)
-
-
-def _split_credentials(uri: str) -> tuple[str, str, str | None, str] | None:
-    """``(scheme, user, password, after)`` of a connection string with credentials.
-
-    The credentials end at the last ``@``: a password may hold an unescaped ``@``, ``/`` or
-    ``?``. Should an option after the hosts hold an ``@``, more is hidden than needed, never
-    less.
-    """
-    scheme, separator, rest = uri.partition("://")
-    at = rest.rfind("@")
-    if not separator or at < 0:
-        return None
-    user, colon, password = rest[:at].partition(":")
-    return scheme, user, (password if colon else None), rest[at + 1 :]
-
-
-def redact_uri(uri: str) -> str:
-    """A connection string safe to print: passwords, in the credentials or options, are ``***``."""
-    parts = _split_credentials(uri)
-    if parts is not None and parts[2] is not None:
-        scheme, user, _, after = parts
-        uri = f"{scheme}://{user}:***@{after}"
-    return _SECRET_OPTIONS.sub(r"\g<name>***", uri)
-
-
-def uri_password(uri: str) -> str | None:
-    """The password in a connection string, to keep out of anything printed."""
-    parts = _split_credentials(uri)
-    return None if parts is None else parts[2]
-
-
-def hosts_of(uri: str) -> str:
-    """The hosts of a connection string, for messages: never its credentials."""
-    parts = _split_credentials(uri)
-    after = parts[3] if parts is not None else uri.partition("://")[2]
-    return after.split("/", 1)[0].split("?", 1)[0] or "localhost"
 
 
 async def _maybe_await(value: Any) -> Any:

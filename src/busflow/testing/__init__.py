@@ -17,7 +17,7 @@ persistence::
 Needs pytest and pytest-asyncio (``pip install busflow[test]``).
 """
 
-from busflow.testing.contract import (
+from busflow.testing._persistence_contract import (
     Address,
     ContractMessage,
     ContractOrder,

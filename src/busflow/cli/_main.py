@@ -25,60 +25,45 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
-from urllib.parse import unquote
 
 from bson import json_util
-from bson.binary import UuidRepresentation
 from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailure, PyMongoError
 
-from busflow.mongodb import redact_uri
-from busflow.mongodb._documents import ID, STATUS, UPDATED_AT
-from busflow.mongodb._persistence import (
+from busflow import WorkflowStatus
+from busflow.cli._common import (
+    PROGRAM,
+    RELAXED_JSON,
+    CommandError,
+    add_demo_arguments,
+    positive_seconds,
+)
+from busflow.mongodb import (
     REGISTRY_COLLECTION,
     ExpectedIndex,
     hosts_of,
-    uri_password,
+    mask_password,
+    redact_uri,
 )
-from busflow.workflow import WorkflowStatus
+from busflow.mongodb import (
+    STATUS_FIELD as STATUS,
+)
+from busflow.mongodb import (
+    UPDATED_AT_FIELD as UPDATED_AT,
+)
 
-__all__ = ["RELAXED_JSON", "main", "mask_password", "positive_seconds"]
+__all__ = ["main"]
 
-PROGRAM = "busflow"
 DEFAULT_DATABASE = "workflows"
 """``MongoPersistence``'s default database: used when neither ``--database`` nor the URI
 names one."""
 
-RELAXED_JSON = json_util.RELAXED_JSON_OPTIONS.with_options(
-    uuid_representation=UuidRepresentation.STANDARD
-)
-"""Relaxed Extended JSON, as mongosh prints documents; UUIDs as standard (subtype 4) binaries."""
-
 Document = dict[str, Any]
-
-
-class CommandError(Exception):
-    """A failure to report as one line on standard error, with an exit status."""
-
-    def __init__(self, message: str, exit_status: int = 1) -> None:
-        super().__init__(message)
-        self.exit_status = exit_status
+ID = "_id"
 
 
 # Connecting
-
-
-def mask_password(text: str, uri: str | None) -> str:
-    """``text`` with the passwords of ``uri`` (as written, and percent-decoded) masked."""
-    if not uri:
-        return text
-    text = text.replace(uri, redact_uri(uri))
-    password = uri_password(uri)
-    for form in {password, unquote(password)} if password else ():
-        if form:
-            text = text.replace(form, "***")
-    return text
 
 
 @dataclass(frozen=True)
@@ -381,23 +366,9 @@ def _positive_int(text: str) -> int:
     return number
 
 
-def positive_seconds(text: str) -> float:
-    """An argparse type: a timeout in seconds, above 0 and below an hour."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < seconds < 3_600:
-        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 3600 seconds")
-    return seconds
-
-
-# demo
-
-
 def demo(arguments: argparse.Namespace) -> int:
     """Run the order saga example."""
-    from busflow import demo as order_saga  # imported here: it imports this module
+    from busflow.cli import _demo as order_saga  # imported here: only this command needs it
 
     return order_saga.run(arguments, program=f"{PROGRAM} demo")
 
@@ -470,9 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the order saga example",
         description="Run the order saga example on --uri, MONGODB_URI or an embedded server.",
     )
-    from busflow.demo import add_arguments
-
-    add_arguments(demo_parser)
+    add_demo_arguments(demo_parser)
     demo_parser.set_defaults(command=demo)
     return parser
 

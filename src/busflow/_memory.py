@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from busflow.errors import ConfigurationError, WorkflowConcurrencyError
-from busflow.messages import Message, MessageAttributes
-from busflow.persistence import CoreDependencies, resolve_lookup
-from busflow.workflow import (
+from busflow._errors import ConfigurationError, WorkflowConcurrencyError
+from busflow._messages import Message, MessageAttributes
+from busflow._persistence import CoreDependencies, resolve_lookup
+from busflow._workflow import (
     MessageWorkflowMapping,
     WorkflowState,
     WorkflowStatus,

@@ -45,9 +45,14 @@ from busflow import (
     WorkflowMapper,
     WorkflowState,
 )
-from busflow.cli import RELAXED_JSON, mask_password, positive_seconds
-from busflow.mongodb import MongoPersistence, redact_uri
-from busflow.mongodb.embedded import EmbeddedServer, embedded_server_available
+from busflow.cli._common import RELAXED_JSON, add_demo_arguments
+from busflow.mongodb import (
+    EmbeddedServer,
+    MongoPersistence,
+    embedded_server_available,
+    mask_password,
+    redact_uri,
+)
 
 __all__ = [
     "ItemAdded",
@@ -57,13 +62,11 @@ __all__ = [
     "OrderWorkflow",
     "PaymentReceived",
     "ShipOrder",
-    "add_arguments",
     "build_bus",
     "main",
     "run",
 ]
 
-DEFAULT_DATABASE = "busflow_demo"
 
 # The messages
 
@@ -411,25 +414,6 @@ async def run_demo(backend: Backend, database: str) -> None:
         print(f'  busflow show --uri "{uri}" --database {database} {collection} --status running')
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options, shared by ``busflow demo`` and ``examples/order_saga.py``."""
-    parser.add_argument(
-        "--uri",
-        help="MongoDB connection string (default: MONGODB_URI, else an embedded server)",
-    )
-    parser.add_argument(
-        "--database",
-        default=DEFAULT_DATABASE,
-        help=f"database to use (default: {DEFAULT_DATABASE})",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=positive_seconds,
-        default=5.0,
-        help="seconds to wait for the server (default: 5)",
-    )
-
-
 def run(arguments: argparse.Namespace, *, program: str = "busflow demo") -> int:
     """Run the demo with parsed arguments; return the exit status."""
     uri, source = arguments.uri, "--uri"
@@ -454,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="order_saga.py", description=__doc__.split("\n\n", 1)[0] if __doc__ else None
     )
-    add_arguments(parser)
+    add_demo_arguments(parser)
     return run(parser.parse_args(argv), program="order_saga")
 
 

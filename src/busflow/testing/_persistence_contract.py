@@ -1,4 +1,4 @@
-"""The contract suite behind ``busflow.testing``; see that module for how to use it."""
+"""The persistence contract suite behind ``busflow.testing``; see that module for how to use it."""
 
 from __future__ import annotations
 
@@ -13,10 +13,16 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from busflow.errors import InvalidLookupValueError, WorkflowConcurrencyError
-from busflow.messages import Message, MessageAttributes
-from busflow.persistence import Persistence
-from busflow.workflow import MessageWorkflowMapping, WorkflowState, WorkflowStatus
+from busflow import (
+    InvalidLookupValueError,
+    Message,
+    MessageAttributes,
+    MessageWorkflowMapping,
+    Persistence,
+    WorkflowConcurrencyError,
+    WorkflowState,
+    WorkflowStatus,
+)
 
 __all__ = [
     "Address",

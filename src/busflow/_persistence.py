@@ -16,9 +16,9 @@ from decimal import Decimal
 from typing import Any, Protocol, TypeVar, runtime_checkable
 from uuid import UUID
 
-from busflow.errors import InvalidLookupValueError
-from busflow.messages import Message, MessageAttributes
-from busflow.workflow import MessageWorkflowMapping, WorkflowState
+from busflow._errors import InvalidLookupValueError
+from busflow._messages import Message, MessageAttributes
+from busflow._workflow import MessageWorkflowMapping, WorkflowState
 
 __all__ = ["CoreDependencies", "Persistence"]
 

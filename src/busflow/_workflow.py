@@ -10,8 +10,8 @@ from typing import Any, ClassVar, Generic, Protocol, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from busflow.errors import ConfigurationError
-from busflow.messages import Message, MessageAttributes
+from busflow._errors import ConfigurationError
+from busflow._messages import Message, MessageAttributes
 
 __all__ = [
     "MessageWorkflowMapping",

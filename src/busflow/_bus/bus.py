@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Self, TypeAlias, TypeVar
 
-from busflow.errors import (
+from busflow._errors import (
     BusError,
     BusIdleTimeoutError,
     BusNotRunningError,
@@ -26,10 +26,10 @@ from busflow.errors import (
     WorkflowConcurrencyError,
     WorkflowUniquenessError,
 )
-from busflow.memory import InMemoryPersistence
-from busflow.messages import Message, MessageAttributes
-from busflow.persistence import CoreDependencies, Persistence
-from busflow.workflow import (
+from busflow._memory import InMemoryPersistence
+from busflow._messages import Message, MessageAttributes
+from busflow._persistence import CoreDependencies, Persistence
+from busflow._workflow import (
     MessageWorkflowMapping,
     Workflow,
     WorkflowMapper,

@@ -4,7 +4,7 @@ It is mongoeco's wire-protocol server (``pip install "mongoeco[wire]"``, CPython
 which speaks the real MongoDB protocol to the real PyMongo driver. It is not MongoDB: use it
 to try busflow, never to judge MongoDB's speed or keep data you care about.
 
-``python -m busflow.mongodb.embedded`` serves until killed and prints its URI on the first
+``python -m busflow.mongodb._embedded`` serves until killed and prints its URI on the first
 line of standard output.
 """
 

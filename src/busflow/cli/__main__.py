@@ -1,0 +1,3 @@
+from busflow.cli import main
+
+raise SystemExit(main())
