@@ -1,14 +1,16 @@
 """busflow: durable workflow (saga) state in MongoDB, and the async message bus it runs on."""
 
-from busflow._bus import Bus, BusConfiguration, BusMetrics, DeadLetter, RetryPolicy
+from busflow._bus import Bus, BusConfiguration, BusMetrics, RetryPolicy
 from busflow._errors import (
     BusError,
     BusflowError,
     BusIdleTimeoutError,
     BusNotRunningError,
     ConfigurationError,
+    HandlerResultError,
     InvalidLookupValueError,
     InvalidStateValueError,
+    MessageDecodeError,
     PersistenceConnectionError,
     PersistenceError,
     StoredStateError,
@@ -16,8 +18,10 @@ from busflow._errors import (
     WorkflowUniquenessError,
 )
 from busflow._memory import InMemoryPersistence
+from busflow._memory_transport import MemoryTransport
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, Persistence
+from busflow._transport import DeadLetter, Delivery, Subscription, Transport, TransportMessage
 from busflow._workflow import (
     MessageWorkflowMapping,
     Workflow,
@@ -37,17 +41,24 @@ __all__ = [
     "ConfigurationError",
     "CoreDependencies",
     "DeadLetter",
+    "Delivery",
+    "HandlerResultError",
     "InMemoryPersistence",
     "InvalidLookupValueError",
     "InvalidStateValueError",
+    "MemoryTransport",
     "Message",
     "MessageAttributes",
+    "MessageDecodeError",
     "MessageWorkflowMapping",
     "Persistence",
     "PersistenceConnectionError",
     "PersistenceError",
     "RetryPolicy",
     "StoredStateError",
+    "Subscription",
+    "Transport",
+    "TransportMessage",
     "Workflow",
     "WorkflowConcurrencyError",
     "WorkflowMapper",
@@ -55,3 +66,9 @@ __all__ = [
     "WorkflowStatus",
     "WorkflowUniquenessError",
 ]
+
+# Public names report the package as their home, as httpx does: "busflow.StoredStateError"
+# in tracebacks and dead letters, not the private module that defines it.
+for _name in __all__:
+    globals()[_name].__module__ = "busflow"
+del _name

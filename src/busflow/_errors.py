@@ -11,12 +11,19 @@ The tree, so that a caller can catch as broadly or as narrowly as it needs::
     │   ├── StoredStateError              a stored document no longer fits its state model
     │   ├── InvalidStateValueError        a state value the database cannot store
     │   └── InvalidLookupValueError       a mapping lookup returned a value that is not a scalar
-    └── BusError                      the bus was used in a way it does not support
-        ├── BusNotRunningError            send or publish on a bus that was disposed
-        └── BusIdleTimeoutError           wait_until_idle timed out (also a TimeoutError)
+    ├── BusError                      the bus was used in a way it does not support
+    │   ├── BusNotRunningError            send or publish on a bus that was disposed
+    │   └── BusIdleTimeoutError           wait_until_idle timed out (also a TimeoutError)
+    ├── HandlerResultError            a handler returned something that is not a state change
+    └── MessageDecodeError            a delivered message has an unknown name or a bad body
 
 Driver errors are translated to these at the persistence boundary, and the original is kept
 as ``__cause__``.
+
+Each error says whether handling the same message again could succeed: ``retryable``. The bus
+redelivers a message whose handling failed with a retryable error (any exception that is not
+a busflow error counts as one, unless it has ``retryable = False``), and dead-letters it after
+one attempt otherwise. Version conflicts are retried on the spot, on fresh state.
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ __all__ = [
     "BusNotRunningError",
     "BusflowError",
     "ConfigurationError",
+    "HandlerResultError",
     "InvalidLookupValueError",
     "InvalidStateValueError",
+    "MessageDecodeError",
     "PersistenceConnectionError",
     "PersistenceError",
     "StoredStateError",
@@ -40,6 +49,9 @@ __all__ = [
 class BusflowError(Exception):
     """The root of every error that busflow raises on purpose."""
 
+    retryable: bool = False
+    """Whether handling the same message again could succeed."""
+
 
 class ConfigurationError(BusflowError):
     """A workflow, mapping or persistence is configured wrongly; raised at startup."""
@@ -47,6 +59,8 @@ class ConfigurationError(BusflowError):
 
 class PersistenceError(BusflowError):
     """Reading or writing workflow state failed."""
+
+    retryable = True
 
 
 class PersistenceConnectionError(PersistenceError):
@@ -83,6 +97,8 @@ class WorkflowUniquenessError(WorkflowConcurrencyError):
     dead-letters any other such save at once: retrying cannot help.
     """
 
+    retryable = False
+
     def __init__(
         self,
         message: str,
@@ -109,6 +125,8 @@ class StoredStateError(PersistenceError):
     Nothing is overwritten: fix the document or the model, then deliver the message again.
     """
 
+    retryable = False
+
     def __init__(self, message: str, *, collection: str, workflow_id: object) -> None:
         super().__init__(message)
         self.collection = collection
@@ -118,6 +136,8 @@ class StoredStateError(PersistenceError):
 class InvalidStateValueError(PersistenceError):
     """A state holds a value that the database cannot store. Nothing was written."""
 
+    retryable = False
+
 
 class InvalidLookupValueError(PersistenceError):
     """A mapping's lookup returned a dict, list or other non-scalar value.
@@ -125,6 +145,8 @@ class InvalidLookupValueError(PersistenceError):
     Lookup values come from messages, so they are only ever compared by equality; a
     structured value is refused rather than risk it being read as a query.
     """
+
+    retryable = False
 
 
 class BusError(BusflowError):
@@ -137,3 +159,16 @@ class BusNotRunningError(BusError):
 
 class BusIdleTimeoutError(BusError, TimeoutError):
     """``wait_until_idle`` reached its timeout while messages were still queued or in flight."""
+
+
+class HandlerResultError(BusflowError):
+    """A workflow handler returned something that is not a change to its state.
+
+    For example an unknown field, a value of the wrong type, or a state of another type. The
+    same handler would return it again, so the message is dead-lettered at once.
+    """
+
+
+class MessageDecodeError(BusflowError):
+    """A delivered message has a name that no handler here knows, or a body that does not
+    fit its type. It is dead-lettered at once."""

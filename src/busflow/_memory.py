@@ -8,15 +8,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from busflow._errors import ConfigurationError, WorkflowConcurrencyError
+from busflow._errors import WorkflowConcurrencyError
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, resolve_lookup
 from busflow._workflow import (
     MessageWorkflowMapping,
+    StateTypesByName,
     WorkflowState,
     WorkflowStatus,
     check_mapping_fields,
-    check_state_type,
 )
 
 __all__ = ["InMemoryPersistence"]
@@ -53,7 +53,7 @@ class InMemoryPersistence:
     def __init__(self) -> None:
         self._logger = logging.getLogger("busflow.memory")
         self._states: dict[str, dict[str, WorkflowState]] = {}
-        self._state_types: dict[str, type[WorkflowState]] = {}
+        self._state_types = StateTypesByName()
 
     def prepare(self, core_dependencies: CoreDependencies) -> None:
         self._logger = core_dependencies.logger_factory("busflow.memory")
@@ -123,12 +123,5 @@ class InMemoryPersistence:
         )
 
     def _table(self, state_type: type[WorkflowState]) -> dict[str, WorkflowState]:
-        check_state_type(state_type, owner="InMemoryPersistence")
-        name = state_type.workflow_name
-        known = self._state_types.setdefault(name, state_type)
-        if known is not state_type:
-            raise ConfigurationError(
-                f"{state_type.__name__} and {known.__name__} both use workflow_name "
-                f"{name!r}; give each state type its own name"
-            )
-        return self._states.setdefault(name, {})
+        self._state_types.add(state_type, owner="InMemoryPersistence")
+        return self._states.setdefault(state_type.workflow_name, {})

@@ -1,11 +1,13 @@
-"""Messages and the attributes that travel with them."""
+"""Messages, their names on the wire, and the attributes that travel with them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
+
+from busflow._errors import ConfigurationError
 
 __all__ = ["Message", "MessageAttributes"]
 
@@ -13,9 +15,27 @@ __all__ = ["Message", "MessageAttributes"]
 class Message(BaseModel):
     """Base class for commands and events.
 
-    A message is a pydantic model: declare its fields as on any model. The bus routes a
-    message by its Python type.
+    A message is a pydantic model: declare its fields as on any model. On the wire it is its
+    ``message_name`` and its JSON body. The name defaults to the module-qualified class
+    name; set it to keep it stable when the class moves::
+
+        class OrderPlaced(Message):
+            message_name = "shop.OrderPlaced"
+            order_id: str
     """
+
+    message_name: ClassVar[str] = "busflow.Message"
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "message_name" not in cls.__dict__:
+            cls.message_name = f"{cls.__module__}.{cls.__qualname__}"
+        name = cls.__dict__["message_name"]
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError(
+                f"{cls.__qualname__}.message_name must be a non-empty string, not {name!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -25,9 +45,12 @@ class MessageAttributes:
     ``attributes`` belong to this one message. ``sticky_attributes`` are copied onto every
     message that a handler sends or publishes while handling it, so they follow a whole
     conversation; busflow keeps the ``workflow_id`` of the sending workflow there, so that
-    replies find their way back.
+    replies find their way back. ``message_id`` is the same on every delivery of one message
+    (a handler can deduplicate by it); busflow gives each message an id when it is sent, and
+    keeps one given here.
     """
 
     correlation_id: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     sticky_attributes: dict[str, Any] = field(default_factory=dict)
+    message_id: str | None = None

@@ -15,6 +15,7 @@ from busflow._messages import Message, MessageAttributes
 
 __all__ = [
     "MessageWorkflowMapping",
+    "StateTypesByName",
     "Workflow",
     "WorkflowHandler",
     "WorkflowMapper",
@@ -184,6 +185,26 @@ def check_state_type(state_type: type[WorkflowState], *, owner: str) -> None:
             f"{owner}: {state_type.__name__} has no workflow_name; add a class attribute "
             'such as workflow_name = "shop/order"'
         )
+
+
+class StateTypesByName:
+    """State types by ``workflow_name``: the one place that refuses two types sharing one.
+
+    A persistence derives a state type's table or collection from its name, so two types
+    with one name would overwrite each other's workflows.
+    """
+
+    def __init__(self) -> None:
+        self._types: dict[str, type[WorkflowState]] = {}
+
+    def add(self, state_type: type[WorkflowState], *, owner: str) -> None:
+        check_state_type(state_type, owner=owner)
+        known = self._types.setdefault(state_type.workflow_name, state_type)
+        if known is not state_type:
+            raise ConfigurationError(
+                f"{state_type.__name__} and {known.__name__} both use workflow_name "
+                f"{state_type.workflow_name!r}; give each state type its own name"
+            )
 
 
 def check_mapping_fields(

@@ -262,7 +262,8 @@ async def run_orders(services: Sequence[Bus], run_tag: str) -> list[OrderState]:
         print(f"  {state.order_id} is {describe(state)}")
     for service in services:
         for dead_letter in service.dead_letters:
-            print(f"  failed for good: {dead_letter.handler}: {dead_letter.error!r}")
+            error = f"{dead_letter.error_type}: {dead_letter.error_text}"
+            print(f"  failed for good: {dead_letter.handler}: {error}")
     return states
 
 

@@ -1,0 +1,113 @@
+"""The handling context: what one handler run sends, held in its outbox until it has saved."""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from busflow._messages import Message, MessageAttributes
+from busflow._workflow import WorkflowSender
+
+__all__ = ["ContextualSender", "HandlingContext", "Outgoing", "current_context", "run_in_context"]
+
+T = TypeVar("T")
+
+_MESSAGE_IDS = uuid.UUID("5d1f3c1e-2b8a-4c4e-9a57-6f0e4b8c2d31")
+"""The namespace of the ids that busflow derives for messages sent by handlers."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    message: Message
+    attributes: MessageAttributes
+    publish: bool
+
+
+class HandlingContext:
+    """One handler run: the incoming message's attributes, and the messages it sends.
+
+    Messages sent while the context is open wait in ``outbox`` until the handler's state is
+    saved. Each gets an id derived from the incoming message's id, the handler, the workflow
+    and its position, so that running the handler again sends the same ids.
+    """
+
+    def __init__(
+        self,
+        bus: WorkflowSender,
+        incoming: MessageAttributes,
+        *,
+        workflow_id: str | None,
+        origin: str,
+    ) -> None:
+        self.bus = bus
+        self.incoming = incoming
+        self.workflow_id = workflow_id
+        self.origin = origin
+        self.outbox: list[Outgoing] = []
+        self.open = True
+        self._sent = 0
+
+    def outgoing(
+        self, message: Message, given: MessageAttributes | None, *, publish: bool
+    ) -> Outgoing:
+        given = given or MessageAttributes()
+        sticky = dict(self.incoming.sticky_attributes)
+        if self.workflow_id is not None:
+            sticky["workflow_id"] = self.workflow_id
+        sticky.update(given.sticky_attributes)
+        message_id = given.message_id or str(
+            uuid.uuid5(_MESSAGE_IDS, f"{self.origin}/{self._sent}")
+        )
+        self._sent += 1
+        attributes = MessageAttributes(
+            correlation_id=given.correlation_id or self.incoming.correlation_id,
+            attributes=dict(given.attributes),
+            sticky_attributes=sticky,
+            message_id=message_id,
+        )
+        return Outgoing(message, attributes, publish)
+
+
+_current: contextvars.ContextVar[HandlingContext | None] = contextvars.ContextVar(
+    "busflow_handling", default=None
+)
+
+
+def current_context() -> HandlingContext | None:
+    """The context of the handler running in this task, if any."""
+    return _current.get()
+
+
+async def run_in_context(context: HandlingContext, call: Awaitable[T]) -> T:
+    token = _current.set(context)
+    try:
+        return await call
+    finally:
+        _current.reset(token)
+
+
+class ContextualSender:
+    """``Workflow.bus``: the bus that is running the handler, or else the one given.
+
+    One workflow instance may be registered on several buses; inside a handler its sends
+    always go to the bus that runs that handler, through that handler's outbox.
+    """
+
+    def __init__(self, fallback: WorkflowSender) -> None:
+        self._fallback = fallback
+
+    def _target(self) -> WorkflowSender:
+        context = _current.get()
+        return self._fallback if context is None else context.bus
+
+    async def send(self, message: Message, attributes: MessageAttributes | None = None) -> None:
+        await self._target().send(message, attributes)
+
+    async def publish(self, message: Message, attributes: MessageAttributes | None = None) -> None:
+        await self._target().publish(message, attributes)
+
+    def __repr__(self) -> str:
+        return f"ContextualSender(fallback={self._fallback!r})"

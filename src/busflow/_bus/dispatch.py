@@ -1,0 +1,191 @@
+"""Dispatch: one delivery, from the transport to its subscribers and back to a settlement."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Hashable
+
+from busflow._bus.context import HandlingContext, run_in_context
+from busflow._bus.handling import Failure, Handling
+from busflow._bus.metrics import BusMetrics
+from busflow._bus.ordering import Job, Turns, WorkflowKeys
+from busflow._bus.retries import RetryPolicy, is_retryable
+from busflow._bus.routing import PlainSubscriber, Routes, Subscriber
+from busflow._bus.runner import WorkflowRunner
+from busflow._errors import MessageDecodeError
+from busflow._transport import DeadLetter, Delivery, Transport, TransportMessage
+from busflow._workflow import WorkflowSender
+
+__all__ = ["Dispatcher"]
+
+
+class Dispatcher:
+    """Decodes a delivery, runs each subscriber's unit in its turn, then settles it.
+
+    The delivery is acknowledged once every unit succeeded. A retryable failure hands it back
+    to the transport for a later attempt that skips what already finished; a failure that
+    can only recur, or the last attempt, dead-letters it.
+    """
+
+    def __init__(
+        self,
+        *,
+        routes: Routes,
+        runner: WorkflowRunner,
+        transport: Transport,
+        sender: WorkflowSender,
+        flush: Callable[[HandlingContext], Awaitable[None]],
+        turns: Turns | None,
+        keys: WorkflowKeys,
+        policy: RetryPolicy,
+        metrics: BusMetrics,
+        logger: logging.Logger,
+        settled: Callable[[TransportMessage, bool], None],
+    ) -> None:
+        self._routes = routes
+        self._runner = runner
+        self._transport = transport
+        self._sender = sender
+        self._flush = flush
+        self._turns = turns
+        self._keys = keys
+        self._policy = policy
+        self._metrics = metrics
+        self._logger = logger
+        self._settled = settled
+        """Told of each settled delivery, and whether it will come back for a retry."""
+
+    async def handle(self, delivery: Delivery) -> None:
+        self._metrics.messages_delivered += 1
+        try:
+            message, attributes = self._routes.decode(delivery.message)
+        except MessageDecodeError as error:
+            await self._dead_letter(delivery, [Failure("busflow", error)], completed=())
+            return
+        handling = Handling(delivery, message, attributes, settle=self._settle)
+        subscribers = self._routes.subscribers(delivery.message.name)
+        # Claim each workflow's turn before any handler runs, so that arrival order holds
+        # even while an earlier subscriber of this message awaits.
+        plan: list[tuple[Hashable | None, Job]] = []
+        for subscriber in subscribers:
+            if handling.already_done(subscriber.name):
+                continue
+            key = self._ordering_key(subscriber, handling)
+            job = self._unit(subscriber, handling, key)
+            if key is None:
+                plan.append((None, job))
+            elif self._turns is not None and self._turns.claim(key):
+                plan.append((key, job))
+            elif self._turns is not None:
+                self._turns.wait_behind(key, job)
+        for key, job in plan:
+            if key is None or self._turns is None:
+                await job()
+            else:
+                await self._turns.run(key, job)
+        await handling.unit_done()
+
+    def _ordering_key(self, subscriber: Subscriber, handling: Handling) -> Hashable | None:
+        if self._turns is None or isinstance(subscriber, PlainSubscriber):
+            return None
+        mapping = subscriber.route.mapping
+        if mapping is None:
+            return None
+        return self._keys.of_lookup(
+            subscriber.state_type, mapping, handling.message, handling.attributes
+        )
+
+    def _unit(self, subscriber: Subscriber, handling: Handling, key: Hashable | None) -> Job:
+        async def work() -> None:
+            if isinstance(subscriber, PlainSubscriber):
+                await self._run_plain(subscriber, handling)
+            elif subscriber.route.starts_workflow:
+                await self._runner.start(subscriber, handling)
+            else:
+                await self._runner.continue_workflows(subscriber, handling, key)
+
+        return handling.unit(subscriber.name, work, completion=subscriber.name)
+
+    async def _run_plain(self, subscriber: PlainSubscriber, handling: Handling) -> None:
+        context = HandlingContext(
+            self._sender,
+            handling.attributes,
+            workflow_id=None,
+            origin=f"{handling.attributes.message_id}/{subscriber.name}",
+        )
+        self._metrics.handler_runs += 1
+        await run_in_context(context, subscriber.handler(handling.message, handling.attributes))
+        await self._flush(context)
+
+    async def _settle(self, handling: Handling) -> None:
+        delivery, failures = handling.delivery, handling.failures
+        message = delivery.message
+        if not failures:
+            await self._call(self._transport.complete(delivery), message, retried=False)
+            return
+        retryable = all(is_retryable(failure.error) for failure in failures)
+        if not retryable or message.attempt >= self._policy.max_attempts:
+            await self._dead_letter(delivery, failures, completed=handling.completed)
+            return
+        self._metrics.retries += 1
+        delay = self._policy.delay(message.attempt)
+        self._logger.debug(
+            "%s failed on %s (attempt %d of %d), retrying in %.3f s: %s",
+            ", ".join(failure.handler for failure in failures),
+            message.name,
+            message.attempt,
+            self._policy.max_attempts,
+            delay,
+            failures[0].error,
+        )
+        again = dataclasses.replace(
+            message,
+            attempt=message.attempt + 1,
+            completed_by=(*message.completed_by, *handling.completed),
+        )
+        handling.failures = []  # drop the exceptions, with their frames, now
+        await self._call(self._transport.retry(delivery, again, delay), message, retried=True)
+
+    async def _dead_letter(
+        self, delivery: Delivery, failures: list[Failure], *, completed: tuple[str, ...] | list[str]
+    ) -> None:
+        message = delivery.message
+        failure = next((f for f in failures if not is_retryable(f.error)), failures[-1])
+        error = failure.error
+        dead_letter = DeadLetter(
+            message=dataclasses.replace(message, completed_by=(*message.completed_by, *completed)),
+            error_type=f"{type(error).__module__}.{type(error).__qualname__}",
+            error_text=str(error),
+            traceback="".join(traceback.format_exception(error)),
+            attempts=message.attempt,
+            handler=", ".join(dict.fromkeys(f.handler for f in failures)),
+        )
+        self._metrics.dead_letters += 1
+        self._logger.error(
+            "%s failed on %s (message id %s) after %d attempt(s); dead-lettered: %s: %s",
+            dead_letter.handler,
+            message.name,
+            message.message_id,
+            message.attempt,
+            dead_letter.error_type,
+            dead_letter.error_text,
+        )
+        failures.clear()
+        await self._call(self._transport.dead_letter(delivery, dead_letter), message, retried=False)
+
+    async def _call(
+        self, settling: Awaitable[None], message: TransportMessage, *, retried: bool
+    ) -> None:
+        try:
+            await settling
+        except Exception:
+            self._logger.exception(
+                "could not settle %s (message id %s) with the transport; it will be "
+                "delivered again if the transport keeps unsettled messages",
+                message.name,
+                message.message_id,
+            )
+        finally:
+            self._settled(message, retried)

@@ -1,0 +1,26 @@
+"""``BusMetrics``: what a bus counts as it works."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["BusMetrics"]
+
+
+@dataclass
+class BusMetrics:
+    """Counters since the bus was built; read them to see how the bus is doing."""
+
+    messages_delivered: int = 0
+    """Deliveries taken from the transport, redeliveries included."""
+    handler_runs: int = 0
+    """Handler invocations, re-runs after a version conflict included."""
+    conflicts: int = 0
+    """Saves that raised ``WorkflowConcurrencyError``; each re-reads the state and re-runs."""
+    retries: int = 0
+    """Messages handed back to the transport for redelivery after a failure."""
+    dead_letters: int = 0
+    unmatched: int = 0
+    """Messages for a workflow that found no running state and were ignored."""
+    duplicate_starts: int = 0
+    """Starts refused by a uniqueness rule (``unique_running``) and ignored."""
