@@ -116,6 +116,11 @@ async def mongo_backend(request: pytest.FixtureRequest) -> AsyncIterator[MongoBa
         await client.close()
 
 
+def label_backend(request: pytest.FixtureRequest, label: str) -> None:
+    """Count the requesting test under ``label`` in the summary's backends section."""
+    _backend_of[request.node.nodeid] = label
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     names = getattr(item, "fixturenames", ())
     if "mongo_backend" not in names:  # that fixture names its backend itself

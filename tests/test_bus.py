@@ -15,6 +15,7 @@ from busflow import (
     BusNotRunningError,
     ConfigurationError,
     InMemoryPersistence,
+    MemoryTransport,
     Message,
     MessageAttributes,
     MessageWorkflowMapping,
@@ -874,3 +875,112 @@ async def test_configuration_mistakes_fail_at_startup() -> None:
         Bus.configure().with_handler(Ping, not_async)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="negative"):
         Bus.configure().with_dispose_timeout(-1)
+
+
+# defects of the bus before the transport seam, each pinned
+
+
+class FailingOnce(InMemoryPersistence):
+    """Fails ``initialize_workflow`` the first time, as a database that is not up yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+        self.disposed = 0
+
+    async def initialize_workflow(self, state_type: Any, mappings: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("not up yet")
+        await super().initialize_workflow(state_type, mappings)
+
+    async def dispose(self) -> None:
+        self.disposed += 1
+
+
+async def test_a_second_initialize_after_a_failed_one_registers_handlers_once() -> None:
+    calls: list[str] = []
+
+    async def on_ping(message: Ping, _a: MessageAttributes) -> None:
+        calls.append(message.key)
+
+    bus = (
+        Bus.configure()
+        .with_persistence(FailingOnce())
+        .with_workflow(CartWorkflow)
+        .with_handler(Ping, on_ping)
+        .build()
+    )
+    with pytest.raises(ConnectionError):
+        await bus.initialize()
+    await bus.initialize()
+    async with bus:
+        await bus.send(Ping(key="k"))
+        await bus.wait_until_idle(timeout=5)
+    assert calls == ["k"]
+
+
+async def test_a_failed_start_in_async_with_disposes_the_persistence() -> None:
+    persistence = FailingOnce()
+    bus = Bus.configure().with_persistence(persistence).with_workflow(CartWorkflow).build()
+    with pytest.raises(ConnectionError):
+        async with bus:
+            pass
+    assert persistence.disposed == 1
+
+
+class StallingClose(InMemoryPersistence):
+    async def dispose(self) -> None:
+        await asyncio.sleep(30)  # a client closing during a server stall
+
+
+async def test_dispose_returns_in_time_when_the_persistence_stalls_closing() -> None:
+    bus = Bus.configure().with_persistence(StallingClose()).with_dispose_timeout(0.1).build()
+    await bus.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await bus.dispose()
+    assert loop.time() - started < 0.1 + 1.5
+
+
+async def test_a_workflow_on_two_buses_sends_through_the_bus_that_runs_it() -> None:
+    sent: dict[str, list[MessageAttributes]] = {"a": [], "b": []}
+
+    def recorder(name: str) -> Any:
+        async def on_pong(message: Pong, attributes: MessageAttributes) -> None:
+            sent[name].append(attributes)
+
+        return on_pong
+
+    workflow = ConflictingSender()
+    workflow.conflict_next = False
+    bus_a = Bus.configure().with_workflow(workflow).with_handler(Pong, recorder("a")).build()
+    bus_b = Bus.configure().with_workflow(workflow).with_handler(Pong, recorder("b")).build()
+    async with bus_a, bus_b:  # b is registered last
+        await bus_a.send(StartGroup(group="k", name="x"))
+        await bus_a.wait_until_idle(timeout=5)
+        [state] = await find_states(bus_a.persistence, ConflictingSenderState, "key", "k")
+        await bus_a.send(Ping(key="k"))
+        await bus_a.wait_until_idle(timeout=5)
+    assert sent["b"] == []
+    [attributes] = sent["a"]
+    assert attributes.sticky_attributes["workflow_id"] == state.workflow_id
+
+
+async def test_dead_letters_are_bounded_and_hold_no_live_exception() -> None:
+    async def broken(message: Ping, _a: MessageAttributes) -> None:
+        raise StoredStateError("does not fit", collection="c", workflow_id="w")
+
+    transport = MemoryTransport(dead_letter_limit=3)
+    bus = Bus.configure().with_transport(transport).with_handler(Ping, broken).build()
+    async with bus:
+        for n in range(5):
+            await bus.send(Ping(key=f"k{n}"))
+        await bus.wait_until_idle(timeout=5)
+    kept = bus.dead_letters
+    assert [Ping.model_validate_json(dead.message.body).key for dead in kept] == ["k2", "k3", "k4"]
+    assert bus.metrics.dead_letters == 5
+    for dead in kept:
+        for value in vars(dead).values():
+            assert not isinstance(value, BaseException)
+        assert "StoredStateError: does not fit" in dead.traceback

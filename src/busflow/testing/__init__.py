@@ -1,6 +1,6 @@
-"""The persistence contract suite: one set of tests that every ``Persistence`` must pass.
+"""Contract suites: one set of tests that every persistence, and every transport, must pass.
 
-Subclass ``PersistenceContract`` in a test module (give it a name that starts with
+``PersistenceContract``: subclass it in a test module (give it a name that starts with
 ``Test``) and override the ``persistence`` fixture to return a fresh, initialized, empty
 persistence::
 
@@ -14,9 +14,14 @@ persistence::
             yield store
             await store.dispose()
 
+``BusContract``: the same for a transport; override the ``transport`` fixture to yield a
+fresh transport on an empty queue of its own. It covers per-workflow ordering, the outbox,
+retries, dead letters, sticky replies and dispose.
+
 Needs pytest and pytest-asyncio (``pip install busflow[test]``).
 """
 
+from busflow.testing._bus_contract import BusContract
 from busflow.testing._persistence_contract import (
     Address,
     ContractMessage,
@@ -28,6 +33,7 @@ from busflow.testing._persistence_contract import (
 
 __all__ = [
     "Address",
+    "BusContract",
     "ContractMessage",
     "ContractOrder",
     "ContractValues",
