@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -41,18 +43,78 @@ def _to_milliseconds(value: Any) -> Any:
     return value
 
 
+@dataclass
+class _Table:
+    """One state type's states, with an index per field that a mapping looks up."""
+
+    states: dict[str, WorkflowState] = field(default_factory=dict)
+    indexes: dict[str, dict[Hashable, set[str]]] = field(default_factory=dict)
+
+    def index(self, field_name: str) -> None:
+        if field_name == "workflow_id" or field_name in self.indexes:
+            return
+        entries: dict[Hashable, set[str]] = {}
+        self.indexes[field_name] = entries
+        for state in self.states.values():
+            _add(entries, getattr(state, field_name), state.workflow_id)
+
+    def candidates(self, field_name: str, value: object) -> Iterable[WorkflowState]:
+        """The states whose ``field_name`` may equal ``value``."""
+        if field_name == "workflow_id":
+            found = self.states.get(value) if isinstance(value, str) else None
+            return () if found is None else (found,)
+        entries = self.indexes.get(field_name)
+        if entries is None:
+            return list(self.states.values())
+        try:
+            ids = entries.get(value, ())
+        except TypeError:  # an unhashable value equals no stored scalar
+            return ()
+        return [self.states[workflow_id] for workflow_id in ids]
+
+    def store(self, state: WorkflowState) -> None:
+        old = self.states.get(state.workflow_id)
+        for field_name, entries in self.indexes.items():
+            if old is not None:
+                _discard(entries, getattr(old, field_name), old.workflow_id)
+            _add(entries, getattr(state, field_name), state.workflow_id)
+        self.states[state.workflow_id] = state
+
+
+def _add(entries: dict[Hashable, set[str]], value: object, workflow_id: str) -> None:
+    with contextlib.suppress(TypeError):  # a list or dict: no lookup value can equal it
+        entries.setdefault(value, set()).add(workflow_id)
+
+
+def _discard(entries: dict[Hashable, set[str]], value: object, workflow_id: str) -> None:
+    try:
+        ids = entries.get(value)
+    except TypeError:
+        return
+    if ids is not None:
+        ids.discard(workflow_id)
+        if not ids:
+            del entries[value]
+
+
+def _fresh_copy(state: S) -> S:
+    """A copy that shares no mutable value with ``state``: cheaper than a deep copy."""
+    return type(state).model_validate(state.model_dump(), by_alias=False, by_name=True)
+
+
 class InMemoryPersistence:
     """Keeps workflow states in a dict; lost when the process ends.
 
     It enforces versions exactly as ``MongoPersistence`` does, keeps datetimes to the
     millisecond as MongoDB does, hands out copies rather than live objects, and yields to the
     event loop at each call as a database would, so races between handlers happen here as they
-    would against a real store.
+    would against a real store. Lookups on the fields that mappings name go through an index,
+    as they do on MongoDB.
     """
 
     def __init__(self) -> None:
         self._logger = logging.getLogger("busflow.memory")
-        self._states: dict[str, dict[str, WorkflowState]] = {}
+        self._tables: dict[type[WorkflowState], _Table] = {}
         self._state_types = StateTypesByName()
 
     def prepare(self, core_dependencies: CoreDependencies) -> None:
@@ -63,8 +125,10 @@ class InMemoryPersistence:
         state_type: type[WorkflowState],
         mappings: Sequence[MessageWorkflowMapping[Any, Any]],
     ) -> None:
-        self._table(state_type)
+        table = self._table(state_type)
         check_mapping_fields(state_type, mappings, owner=state_type.workflow_name)
+        for mapping in mappings:
+            table.index(mapping.maps_to)
 
     async def get_workflow_state(
         self,
@@ -79,26 +143,28 @@ class InMemoryPersistence:
         await asyncio.sleep(0)
         if value is None:
             return []
+        field_name = mapping.maps_to
         found = [
-            state.model_copy(deep=True)
-            for state in table.values()
-            if getattr(state, mapping.maps_to) == value
+            _fresh_copy(state)
+            for state in table.candidates(field_name, value)
+            if getattr(state, field_name) == value
             and (include_completed or state.workflow_status is WorkflowStatus.RUNNING)
         ]
-        self._logger.debug(
-            "get_workflow_state %s %s=%r: %d found",
-            state_type.workflow_name,
-            mapping.maps_to,
-            value,
-            len(found),
-        )
+        if self._logger.isEnabledFor(logging.DEBUG):
+            self._logger.debug(
+                "get_workflow_state %s %s=%r: %d found",
+                state_type.workflow_name,
+                field_name,
+                value,
+                len(found),
+            )
         return found  # type: ignore[return-value]  # the table holds only state_type
 
     async def save_workflow_state(self, state: WorkflowState) -> None:
         table = self._table(type(state))
         await asyncio.sleep(0)
         name = type(state).workflow_name
-        stored = table.get(state.workflow_id)
+        stored = table.states.get(state.workflow_id)
         expected = state.workflow_version
         if expected == 0 and stored is not None:
             raise WorkflowConcurrencyError(
@@ -117,11 +183,15 @@ class InMemoryPersistence:
                 workflow_id=state.workflow_id,
                 expected_version=expected,
             )
-        table[state.workflow_id] = _stored_copy(state, version=expected + 1)
-        self._logger.debug(
-            "save_workflow_state %s %s: version %d", name, state.workflow_id, expected + 1
-        )
+        table.store(_stored_copy(state, version=expected + 1))
+        if self._logger.isEnabledFor(logging.DEBUG):
+            self._logger.debug(
+                "save_workflow_state %s %s: version %d", name, state.workflow_id, expected + 1
+            )
 
-    def _table(self, state_type: type[WorkflowState]) -> dict[str, WorkflowState]:
-        self._state_types.add(state_type, owner="InMemoryPersistence")
-        return self._states.setdefault(state_type.workflow_name, {})
+    def _table(self, state_type: type[WorkflowState]) -> _Table:
+        table = self._tables.get(state_type)
+        if table is None:
+            self._state_types.add(state_type, owner="InMemoryPersistence")
+            table = self._tables[state_type] = _Table()
+        return table

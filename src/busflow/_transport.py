@@ -10,15 +10,21 @@ would carry beside it. ``MemoryTransport`` is the in-process implementation;
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 __all__ = ["DeadLetter", "Delivery", "Subscription", "Transport", "TransportMessage"]
 
 
-@dataclass(frozen=True)
-class TransportMessage:
-    """One message as it travels: what a broker's body and headers would hold."""
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
+class TransportMessage(NamedTuple):
+    """One message as it travels: what a broker's body and headers would hold.
+
+    Immutable; ``message._replace(attempt=2)`` makes a changed copy.
+    """
 
     name: str
     """The ``message_name`` of the message's type; the bus routes and decodes by it."""
@@ -27,8 +33,8 @@ class TransportMessage:
     body: bytes
     """The message's fields as JSON, written by pydantic."""
     correlation_id: str | None = None
-    attributes: Mapping[str, Any] = field(default_factory=dict)
-    sticky_attributes: Mapping[str, Any] = field(default_factory=dict)
+    attributes: Mapping[str, Any] = _NOTHING
+    sticky_attributes: Mapping[str, Any] = _NOTHING
     attempt: int = 1
     """Which delivery attempt this is: 1 at first, one more on each retry."""
     completed_by: tuple[str, ...] = ()
@@ -36,8 +42,7 @@ class TransportMessage:
     them, so that one handler's failure does not repeat another's effects."""
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):
     """A message handed to the bus by ``Transport.receive``, until it is settled."""
 
     message: TransportMessage

@@ -198,6 +198,9 @@ class StateTypesByName:
         self._types: dict[str, type[WorkflowState]] = {}
 
     def add(self, state_type: type[WorkflowState], *, owner: str) -> None:
+        name = getattr(state_type, "workflow_name", None)
+        if isinstance(name, str) and self._types.get(name) is state_type:
+            return  # known already: the common case, on every read and save
         check_state_type(state_type, owner=owner)
         known = self._types.setdefault(state_type.workflow_name, state_type)
         if known is not state_type:

@@ -13,12 +13,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
-import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from busflow._bus.context import ContextualSender, HandlingContext, Outgoing, current_context
+from busflow._bus.context import (
+    ContextualSender,
+    HandlingContext,
+    MessageIds,
+    Outgoing,
+    current_context,
+)
 from busflow._bus.dispatch import Dispatcher
 from busflow._bus.metrics import BusMetrics
 from busflow._bus.ordering import Turns, WorkflowKeys
@@ -43,6 +48,9 @@ CANCEL_GRACE = 0.5
 """Seconds ``dispose`` waits for handlers it cancelled, after the dispose timeout."""
 CLOSE_GRACE = 1.0
 """Seconds ``dispose`` gives the transport and the persistence to close, together."""
+
+
+_NO_ATTRIBUTES = MessageAttributes()
 
 
 class _Lifecycle(enum.Enum):
@@ -71,6 +79,7 @@ class Bus:
         self._dispatcher: Dispatcher | None = None
         self._turns = Turns() if settings.per_workflow_order else None
         self._tracker = WorkTracker()
+        self._ids = MessageIds()
         self._held: list[Outgoing] = []
         """Messages sent before ``start``; they leave when it starts the transport."""
         self._workers: list[asyncio.Task[None]] = []
@@ -296,15 +305,8 @@ class Bus:
             raise BusNotRunningError(
                 f"cannot send {type(message).__name__}: the bus is {self._lifecycle.value}"
             )
-        attributes = attributes or MessageAttributes()
-        if attributes.message_id is None:
-            attributes = MessageAttributes(
-                correlation_id=attributes.correlation_id,
-                attributes=attributes.attributes,
-                sticky_attributes=attributes.sticky_attributes,
-                message_id=str(uuid.uuid4()),
-            )
-        outgoing = Outgoing(message, attributes, publish)
+        attributes = attributes or _NO_ATTRIBUTES
+        outgoing = Outgoing(message, attributes, attributes.message_id or self._ids.next(), publish)
         if self._lifecycle is not _Lifecycle.STARTED:
             self._held.append(outgoing)
             return
@@ -318,10 +320,7 @@ class Bus:
 
     async def _put(self, outgoing: Outgoing) -> None:
         assert self._routes is not None
-        assert outgoing.attributes.message_id is not None
-        message = self._routes.encode(
-            outgoing.message, outgoing.attributes, outgoing.attributes.message_id
-        )
+        message = self._routes.encode(outgoing.message, outgoing.attributes, outgoing.message_id)
         expected = message.name in self._routes.names
         if expected:
             self._tracker.expect(message.message_id)

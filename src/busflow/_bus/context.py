@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import uuid
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from busflow._messages import Message, MessageAttributes
 from busflow._workflow import WorkflowSender
 
-__all__ = ["ContextualSender", "HandlingContext", "Outgoing", "current_context", "run_in_context"]
+__all__ = [
+    "ContextualSender",
+    "HandlingContext",
+    "MessageIds",
+    "Outgoing",
+    "current_context",
+    "run_in_context",
+]
 
 T = TypeVar("T")
 
@@ -19,10 +26,26 @@ _MESSAGE_IDS = uuid.UUID("5d1f3c1e-2b8a-4c4e-9a57-6f0e4b8c2d31")
 """The namespace of the ids that busflow derives for messages sent by handlers."""
 
 
-@dataclass(frozen=True)
-class Outgoing:
+class MessageIds:
+    """Ids for messages sent from outside any handler: a random prefix per bus, then a count.
+
+    As unique as a uuid4 for each message, at a fraction of its cost.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = uuid.uuid4().hex
+        self._count = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}-{next(self._count)}"
+
+
+class Outgoing(NamedTuple):
+    """A message on its way out: the attributes it was given, and its id."""
+
     message: Message
     attributes: MessageAttributes
+    message_id: str
     publish: bool
 
 
@@ -66,9 +89,8 @@ class HandlingContext:
             correlation_id=given.correlation_id or self.incoming.correlation_id,
             attributes=dict(given.attributes),
             sticky_attributes=sticky,
-            message_id=message_id,
         )
-        return Outgoing(message, attributes, publish)
+        return Outgoing(message, attributes, message_id, publish)
 
 
 _current: contextvars.ContextVar[HandlingContext | None] = contextvars.ContextVar(

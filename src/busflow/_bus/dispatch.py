@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Hashable
@@ -140,8 +139,7 @@ class Dispatcher:
             delay,
             failures[0].error,
         )
-        again = dataclasses.replace(
-            message,
+        again = message._replace(
             attempt=message.attempt + 1,
             completed_by=(*message.completed_by, *handling.completed),
         )
@@ -155,7 +153,7 @@ class Dispatcher:
         failure = next((f for f in failures if not is_retryable(f.error)), failures[-1])
         error = failure.error
         dead_letter = DeadLetter(
-            message=dataclasses.replace(message, completed_by=(*message.completed_by, *completed)),
+            message=message._replace(completed_by=(*message.completed_by, *completed)),
             error_type=f"{type(error).__module__}.{type(error).__qualname__}",
             error_text=str(error),
             traceback="".join(traceback.format_exception(error)),

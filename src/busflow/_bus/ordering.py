@@ -108,8 +108,9 @@ class WorkflowKeys:
                 continue
             if not running:
                 self._instances.pop(key, None)
-                continue
-            self._instances[key] = instance
-            self._instances.move_to_end(key)
-            if len(self._instances) > self._limit:
-                self._instances.popitem(last=False)
+            elif self._instances.get(key) == instance:
+                self._instances.move_to_end(key)
+            else:
+                self._instances[key] = instance
+                if len(self._instances) > self._limit:
+                    self._instances.popitem(last=False)

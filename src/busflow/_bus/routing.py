@@ -7,6 +7,7 @@ is decoded back to the type registered under that name.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,9 +45,9 @@ MessageHandler: TypeAlias = Callable[[Any, MessageAttributes], Awaitable[None]]
 class PlainSubscriber:
     handler: MessageHandler
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
-        return getattr(self.handler, "__qualname__", repr(self.handler))
+        return getattr(self.handler, "__qualname__", None) or repr(self.handler)
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,9 @@ class WorkflowSubscriber(Generic[S]):
     mapped_fields: tuple[str, ...]
     """Every state field that one of this workflow's mappings looks up."""
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
-        handler_name = getattr(self.route.handler, "__name__", repr(self.route.handler))
+        handler_name = getattr(self.route.handler, "__name__", None) or repr(self.route.handler)
         return f"{type(self.workflow).__name__}.{handler_name}"
 
 
@@ -109,7 +110,7 @@ class Routes:
                     route.message_type, WorkflowSubscriber(workflow, state_type, route, fields)
                 )
 
-    @property
+    @functools.cached_property
     def names(self) -> frozenset[str]:
         """The names of every message that something here handles."""
         return frozenset(self._subscribers)
@@ -130,12 +131,12 @@ class Routes:
                 "another message_name"
             )
         return TransportMessage(
-            name=name,
-            message_id=message_id,
-            body=message.__pydantic_serializer__.to_json(message),
-            correlation_id=attributes.correlation_id,
-            attributes=attributes.attributes,
-            sticky_attributes=attributes.sticky_attributes,
+            name,
+            message_id,
+            message.__pydantic_serializer__.to_json(message),
+            attributes.correlation_id,
+            attributes.attributes,
+            attributes.sticky_attributes,
         )
 
     def decode(self, message: TransportMessage) -> tuple[Message, MessageAttributes]:

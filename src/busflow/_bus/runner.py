@@ -238,13 +238,14 @@ def apply_handler_result(state: S, result: object, *, handler_name: str) -> S | 
             )
         data = result.model_dump()
     elif isinstance(result, Mapping):
-        unknown = set(result) - set(state_type.model_fields)
-        if unknown:
+        fields = state_type.model_fields
+        if not result.keys() <= fields.keys():
+            unknown = set(result) - set(fields)
             raise HandlerResultError(
                 f"{handler_name} returned changes to {sorted(map(str, unknown))}, which are "
                 f"not fields of {state_type.__name__}"
             )
-        data = {**state.model_dump(), **result}
+        data = {**state.__dict__, **result}
     else:
         raise HandlerResultError(
             f"{handler_name} returned a {type(result).__name__}; return a dict of changes, "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 
 __all__ = ["WorkTracker"]
 
@@ -18,14 +17,16 @@ class WorkTracker:
     """
 
     def __init__(self) -> None:
-        self._expected: collections.Counter[str] = collections.Counter()
+        self._expected: dict[str, int] = {}
         self._in_hand = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
     def expect(self, message_id: str) -> None:
-        self._expected[message_id] += 1
-        self._idle.clear()
+        expected = self._expected
+        expected[message_id] = expected.get(message_id, 0) + 1
+        if self._idle.is_set():
+            self._idle.clear()
 
     def forget(self, message_id: str) -> None:
         """A message that was expected will not come: its sending failed."""
@@ -35,12 +36,13 @@ class WorkTracker:
     def received(self, message_id: str) -> None:
         self._in_hand += 1
         self._take(message_id)
-        self._idle.clear()
+        if self._idle.is_set():
+            self._idle.clear()
 
     def settled(self, message_id: str, *, retried: bool) -> None:
         self._in_hand -= 1
         if retried:
-            self._expected[message_id] += 1
+            self._expected[message_id] = self._expected.get(message_id, 0) + 1
         self._check()
 
     def reset(self) -> None:
@@ -51,7 +53,7 @@ class WorkTracker:
 
     @property
     def expected(self) -> int:
-        return self._expected.total()
+        return sum(self._expected.values())
 
     @property
     def in_hand(self) -> int:
