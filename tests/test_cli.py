@@ -81,7 +81,36 @@ def test_inspect_lists_counts_oldest_running_workflow_and_healthy_indexes(
     assert oldest.startswith(f"oldest running: {running['_id']} order_id='{running['order_id']}'")
     assert oldest.endswith(" s ago")
     assert "indexes:        ok: busflow_lookup_order_id, busflow_unique_running_order_id" in lines
+    assert "outgoing:       none waiting longer than 1 min" in lines
     assert lines[-1] == "no problems found"
+
+
+def test_inspect_reports_outgoing_messages_left_behind_by_a_dead_worker(
+    own_demo_database: DemoDatabase,
+) -> None:
+    ten_minutes_ago = datetime.now(UTC) - timedelta(minutes=10)
+    left_behind = {
+        "message_id": "m-1",
+        "name": "demo.ShipOrder",
+        "body": "{}",
+        "origin": "in-1",
+        "saved_at": ten_minutes_ago,
+    }
+    with mongo_client(own_demo_database.uri) as client:
+        collection = client[own_demo_database.name]["demo_order"]
+        collection.update_one(
+            {"_id": own_demo_database.running["_id"]}, {"$set": {"_outbox": [left_behind]}}
+        )
+
+        result = own_demo_database.busflow("inspect")
+        patient = own_demo_database.busflow("inspect", "--outbox-age", "900")
+
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    [outgoing] = [line for line in lines if line.startswith("! outgoing:")]
+    assert "1 workflow(s) hold outgoing messages saved longer than 1 min ago" in outgoing
+    assert f"the oldest, {own_demo_database.running['_id']}, for 10 min" in outgoing
+    assert lines[-1] == "1 problem(s) found; see the lines marked with !"
+    assert "outgoing:       none waiting longer than 15 min" in patient.stdout
 
 
 def test_inspect_reports_missing_and_differing_indexes_and_the_age_of_a_stuck_workflow(

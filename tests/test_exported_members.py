@@ -24,6 +24,7 @@ def test_the_public_api_changes_only_on_purpose() -> None:
         "MessageAttributes",
         "MessageDecodeError",
         "MessageWorkflowMapping",
+        "OutboxMessage",
         "Persistence",
         "PersistenceConnectionError",
         "PersistenceError",

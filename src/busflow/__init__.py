@@ -24,6 +24,7 @@ from busflow._persistence import CoreDependencies, Persistence
 from busflow._transport import DeadLetter, Delivery, Subscription, Transport, TransportMessage
 from busflow._workflow import (
     MessageWorkflowMapping,
+    OutboxMessage,
     Workflow,
     WorkflowMapper,
     WorkflowState,
@@ -51,6 +52,7 @@ __all__ = [
     "MessageAttributes",
     "MessageDecodeError",
     "MessageWorkflowMapping",
+    "OutboxMessage",
     "Persistence",
     "PersistenceConnectionError",
     "PersistenceError",

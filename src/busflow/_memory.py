@@ -189,6 +189,20 @@ class InMemoryPersistence:
                 "save_workflow_state %s %s: version %d", name, state.workflow_id, expected + 1
             )
 
+    async def clear_outbox(
+        self, state_type: type[WorkflowState], workflow_id: str, message_ids: Sequence[str]
+    ) -> None:
+        """Remove dispatched messages from a workflow's stored outbox; the version stays."""
+        table = self._table(state_type)
+        await asyncio.sleep(0)
+        stored = table.states.get(workflow_id)
+        if stored is None:
+            return
+        gone = set(message_ids)
+        kept = [record for record in stored.workflow_outbox if record.message_id not in gone]
+        if len(kept) < len(stored.workflow_outbox):
+            table.store(stored.model_copy(update={"workflow_outbox": kept}))
+
     def _table(self, state_type: type[WorkflowState]) -> _Table:
         table = self._tables.get(state_type)
         if table is None:

@@ -38,8 +38,14 @@ class Persistence(Protocol):
     """A store of workflow state.
 
     Beside these four members a persistence may define ``async initialize()`` (open
-    connections) and ``async dispose()`` (close them); the bus calls them when present.
+    connections), ``async dispose()`` (close them), and ``async clear_outbox(state_type,
+    workflow_id, message_ids)`` (remove those messages from the stored ``workflow_outbox``,
+    whatever the stored version, without changing it); the bus calls them when present.
     Without ``prepare`` a persistence must still work, logging under its own logger name.
+
+    A persistence stores every field of a state, the framework's ``workflow_applied`` and
+    ``workflow_outbox`` included, in one atomic write: that is what makes a message's effects
+    happen once.
     """
 
     def prepare(self, core_dependencies: CoreDependencies) -> None:

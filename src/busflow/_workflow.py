@@ -6,6 +6,7 @@ import enum
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -15,6 +16,7 @@ from busflow._messages import Message, MessageAttributes
 
 __all__ = [
     "MessageWorkflowMapping",
+    "OutboxMessage",
     "StateTypesByName",
     "Workflow",
     "WorkflowHandler",
@@ -33,6 +35,27 @@ class WorkflowStatus(enum.StrEnum):
     DISCARD = "discard"
 
 
+class OutboxMessage(BaseModel):
+    """A message that a workflow handler sent, saved with the state until it has left."""
+
+    message_id: str
+    name: str
+    """The message's ``message_name``."""
+    body: str
+    """The message's JSON."""
+    correlation_id: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    sticky_attributes: dict[str, Any] = Field(default_factory=dict)
+    publish: bool = False
+    """Published as an event, rather than sent as a command."""
+    origin: str | None = None
+    """The id of the message whose handling sent it."""
+    saved_at: datetime | None = None
+    """When the handler's save wrote it: the bus that saved it dispatches it at once, and
+    another bus dispatches it only once it has waited long enough that the first must have
+    died (``OUTBOX_RESCUE_AFTER``)."""
+
+
 class WorkflowState(BaseModel):
     """Base class for the state that a workflow keeps between messages.
 
@@ -40,6 +63,10 @@ class WorkflowState(BaseModel):
     with fields of yours such as ``status``. Every concrete state class names itself in
     namespace style, for example ``workflow_name = "shop/order"``; a persistence derives its
     table or collection from that name, so keep it stable.
+
+    ``workflow_applied`` and ``workflow_outbox`` are the bus's record of what messages did:
+    a persistence stores them with the rest of the state, in the same write, and that is what
+    makes a message's effects happen once.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -49,6 +76,10 @@ class WorkflowState(BaseModel):
     workflow_id: str
     workflow_version: int = Field(default=0, ge=0)
     workflow_status: WorkflowStatus = WorkflowStatus.RUNNING
+    workflow_applied: list[str] = Field(default_factory=list)
+    """The ids of the latest messages applied to this workflow, oldest first."""
+    workflow_outbox: list[OutboxMessage] = Field(default_factory=list)
+    """Messages that handlers sent, saved with the state, that may not have left yet."""
 
 
 M = TypeVar("M", bound=Message)

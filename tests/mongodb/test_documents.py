@@ -78,6 +78,8 @@ async def test_a_document_reads_plainly_in_the_shell(
         "_id": "wf-1",
         "_version": 1,
         "_status": "running",
+        "_applied": [],
+        "_outbox": [],
         "order_id": "o-1",
         "customerRef": "c-9",
         "total": 30,

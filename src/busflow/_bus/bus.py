@@ -17,16 +17,11 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from busflow._bus.context import (
-    ContextualSender,
-    HandlingContext,
-    MessageIds,
-    Outgoing,
-    current_context,
-)
+from busflow._bus.context import ContextualSender, MessageIds, Outgoing, current_context
 from busflow._bus.dispatch import Dispatcher
 from busflow._bus.metrics import BusMetrics
 from busflow._bus.ordering import Turns, WorkflowKeys
+from busflow._bus.outbox import Dispatchable, Outbox
 from busflow._bus.retries import RetryPolicy
 from busflow._bus.routing import MessageHandler, Routes
 from busflow._bus.runner import WorkflowRunner
@@ -77,6 +72,7 @@ class Bus:
         self._lifecycle = _Lifecycle.BUILT
         self._routes: Routes | None = None
         self._dispatcher: Dispatcher | None = None
+        self._outbox: Outbox | None = None
         self._turns = Turns() if settings.per_workflow_order else None
         self._tracker = WorkTracker()
         self._ids = MessageIds()
@@ -130,22 +126,26 @@ class Bus:
         for workflow in settings.workflows:
             workflow.bus = sender
         keys = WorkflowKeys()
+        self._outbox = Outbox(outlet=self, persistence=persistence, logger=self._logger)
         runner = WorkflowRunner(
             persistence=persistence,
             sender=self,
-            flush=self._flush,
+            encode=self._encode,
+            outbox=self._outbox,
             metrics=self.metrics,
             policy=settings.retry_policy,
             turns=self._turns,
             keys=keys,
             logger=self._logger,
+            applied_limit=settings.applied_limit,
         )
         self._dispatcher = Dispatcher(
             routes=routes,
             runner=runner,
             transport=settings.transport,
             sender=self,
-            flush=self._flush,
+            encode=self._encode,
+            outbox=self._outbox,
             turns=self._turns,
             keys=keys,
             policy=settings.retry_policy,
@@ -174,7 +174,7 @@ class Bus:
         self._lifecycle = _Lifecycle.STARTED
         held, self._held = self._held, []
         for outgoing in held:
-            await self._put(outgoing)
+            await self._send_now(outgoing)
         self._workers = [
             asyncio.create_task(self._work(), name=f"busflow-worker-{n}")
             for n in range(self._settings.concurrency)
@@ -234,11 +234,20 @@ class Bus:
         await self.dispose()
 
     async def _close_resources(self) -> None:
+        outbox = self._outbox
+
+        async def close_persistence() -> None:
+            if outbox is not None:
+                await outbox.close()  # its last clears need the persistence
+            dispose = getattr(self.persistence, "dispose", None)
+            if dispose is not None:
+                await _call(dispose)
+
         closing = [
-            asyncio.create_task(_call(close), name=f"busflow-close-{what}")
+            asyncio.create_task(close(), name=f"busflow-close-{what}")
             for what, close in (
                 ("transport", getattr(self.transport, "close", None)),
-                ("persistence", getattr(self.persistence, "dispose", None)),
+                ("persistence", close_persistence),
             )
             if close is not None
         ]
@@ -299,7 +308,7 @@ class Bus:
             if context.open:
                 context.outbox.append(outgoing)
             else:
-                await self._put(outgoing)
+                await self._send_now(outgoing)
             return
         if self._lifecycle in (_Lifecycle.DISPOSING, _Lifecycle.DISPOSED):
             raise BusNotRunningError(
@@ -310,22 +319,25 @@ class Bus:
         if self._lifecycle is not _Lifecycle.STARTED:
             self._held.append(outgoing)
             return
-        await self._put(outgoing)
+        await self._send_now(outgoing)
 
-    async def _flush(self, context: HandlingContext) -> None:
-        """Send what a handler sent, now that its state is saved."""
-        context.open = False
-        for outgoing in context.outbox:
-            await self._put(outgoing)
+    async def _send_now(self, outgoing: Outgoing) -> None:
+        message, publish = self._encode(outgoing)
+        await self.deliver(message, publish=publish)
 
-    async def _put(self, outgoing: Outgoing) -> None:
+    def _encode(self, outgoing: Outgoing) -> Dispatchable:
         assert self._routes is not None
         message = self._routes.encode(outgoing.message, outgoing.attributes, outgoing.message_id)
+        return Dispatchable(message, outgoing.publish)
+
+    async def deliver(self, message: TransportMessage, *, publish: bool) -> None:
+        """Hand an encoded message to the transport (the outbox's ``Outlet``)."""
+        assert self._routes is not None
         expected = message.name in self._routes.names
         if expected:
             self._tracker.expect(message.message_id)
         try:
-            if outgoing.publish:
+            if publish:
                 await self.transport.publish(message)
             else:
                 await self.transport.send(message)
@@ -379,6 +391,7 @@ class BusConfiguration:
         self._core_dependencies = CoreDependencies()
         self._dispose_timeout = 10.0
         self._per_workflow_order = True
+        self._applied_limit = 100
 
     def with_persistence(self, persistence: Persistence) -> Self:
         if not isinstance(persistence, Persistence):
@@ -449,6 +462,17 @@ class BusConfiguration:
         self._per_workflow_order = enabled
         return self
 
+    def with_applied_message_limit(self, limit: int) -> Self:
+        """How many applied message ids each workflow keeps (default 100).
+
+        A message redelivered after its workflow applied ``limit`` later messages is applied
+        again. Each id costs about 45 bytes in the workflow's document.
+        """
+        if limit < 1:
+            raise ConfigurationError(f"the applied message limit must be >= 1, not {limit}")
+        self._applied_limit = limit
+        return self
+
     def build(self) -> Bus:
         return Bus(
             BusSettings(
@@ -461,6 +485,7 @@ class BusConfiguration:
                 core_dependencies=self._core_dependencies,
                 dispose_timeout=self._dispose_timeout,
                 per_workflow_order=self._per_workflow_order,
+                applied_limit=self._applied_limit,
             )
         )
 

@@ -63,12 +63,12 @@ class HandlingContext:
         incoming: MessageAttributes,
         *,
         workflow_id: str | None,
-        origin: str,
+        handler: str,
     ) -> None:
         self.bus = bus
         self.incoming = incoming
         self.workflow_id = workflow_id
-        self.origin = origin
+        self.handler = handler
         self.outbox: list[Outgoing] = []
         self.open = True
         self._sent = 0
@@ -82,7 +82,10 @@ class HandlingContext:
             sticky["workflow_id"] = self.workflow_id
         sticky.update(given.sticky_attributes)
         message_id = given.message_id or str(
-            uuid.uuid5(_MESSAGE_IDS, f"{self.origin}/{self._sent}")
+            uuid.uuid5(
+                _MESSAGE_IDS,
+                f"{self.incoming.message_id}/{self.handler}/{self.workflow_id}/{self._sent}",
+            )
         )
         self._sent += 1
         attributes = MessageAttributes(

@@ -6,10 +6,11 @@ import logging
 import traceback
 from collections.abc import Awaitable, Callable, Hashable
 
-from busflow._bus.context import HandlingContext, run_in_context
+from busflow._bus.context import HandlingContext, Outgoing, run_in_context
 from busflow._bus.handling import Failure, Handling
 from busflow._bus.metrics import BusMetrics
 from busflow._bus.ordering import Job, Turns, WorkflowKeys
+from busflow._bus.outbox import Dispatchable, Outbox
 from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import PlainSubscriber, Routes, Subscriber
 from busflow._bus.runner import WorkflowRunner
@@ -35,7 +36,8 @@ class Dispatcher:
         runner: WorkflowRunner,
         transport: Transport,
         sender: WorkflowSender,
-        flush: Callable[[HandlingContext], Awaitable[None]],
+        encode: Callable[[Outgoing], Dispatchable],
+        outbox: Outbox,
         turns: Turns | None,
         keys: WorkflowKeys,
         policy: RetryPolicy,
@@ -47,7 +49,8 @@ class Dispatcher:
         self._runner = runner
         self._transport = transport
         self._sender = sender
-        self._flush = flush
+        self._encode = encode
+        self._outbox = outbox
         self._turns = turns
         self._keys = keys
         self._policy = policy
@@ -112,11 +115,12 @@ class Dispatcher:
             self._sender,
             handling.attributes,
             workflow_id=None,
-            origin=f"{handling.attributes.message_id}/{subscriber.name}",
+            handler=subscriber.name,
         )
         self._metrics.handler_runs += 1
         await run_in_context(context, subscriber.handler(handling.message, handling.attributes))
-        await self._flush(context)
+        context.open = False
+        await self._outbox.dispatch([self._encode(outgoing) for outgoing in context.outbox])
 
     async def _settle(self, handling: Handling) -> None:
         delivery, failures = handling.delivery, handling.failures

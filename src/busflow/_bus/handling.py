@@ -25,7 +25,7 @@ def being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Handling:
     """One delivery while its subscribers handle it.
 

@@ -23,4 +23,7 @@ class BusMetrics:
     unmatched: int = 0
     """Messages for a workflow that found no running state and were ignored."""
     duplicate_starts: int = 0
-    """Starts refused by a uniqueness rule (``unique_running``) and ignored."""
+    """Starts refused by a uniqueness rule (``unique_running``), or whose workflow already
+    exists, ignored."""
+    duplicates: int = 0
+    """Deliveries of a message that its workflow had applied already: not applied again."""

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from busflow._bus.context import HandlingContext, run_in_context
-from busflow._bus.handling import Handling
+from busflow._bus.context import HandlingContext, Outgoing, run_in_context
+from busflow._bus.handling import Handling, being_cancelled
 from busflow._bus.metrics import BusMetrics
 from busflow._bus.ordering import Turns, WorkflowKeys
-from busflow._bus.retries import RetryPolicy
+from busflow._bus.outbox import Dispatchable, Outbox, to_record
+from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import WorkflowSubscriber
 from busflow._errors import HandlerResultError, WorkflowConcurrencyError, WorkflowUniquenessError
 from busflow._persistence import Persistence
@@ -32,10 +35,12 @@ S = TypeVar("S", bound=WorkflowState)
 class WorkflowRunner:
     """Runs a workflow subscriber's handler on states from the persistence, and saves them.
 
-    A save that loses a race (``WorkflowConcurrencyError``) re-reads that one workflow and
-    runs the handler again on the fresh state, for as long as other saves keep moving the
-    workflow on (see ``RetryPolicy``). Messages the handler sends leave through ``flush``
-    once its state is saved.
+    Each save records the message as applied and keeps what the handler sent in the state's
+    outbox, in the same write; a message already applied does not run its handler again (see
+    ``outbox``). A save that loses a race (``WorkflowConcurrencyError``) re-reads that one
+    workflow and runs the handler again on the fresh state, for as long as other saves keep
+    moving the workflow on (see ``RetryPolicy``). A save whose outcome is unknown is settled
+    by reading the workflow back.
     """
 
     def __init__(
@@ -43,26 +48,37 @@ class WorkflowRunner:
         *,
         persistence: Persistence,
         sender: WorkflowSender,
-        flush: Callable[[HandlingContext], Awaitable[None]],
+        encode: Callable[[Outgoing], Dispatchable],
+        outbox: Outbox,
         metrics: BusMetrics,
         policy: RetryPolicy,
         turns: Turns | None,
         keys: WorkflowKeys,
         logger: logging.Logger,
+        applied_limit: int,
     ) -> None:
         self._persistence = persistence
         self._sender = sender
-        self._flush = flush
+        self._encode = encode
+        self._outbox = outbox
         self._metrics = metrics
         self._policy = policy
         self._turns = turns
         self._keys = keys
         self._logger = logger
+        self._applied_limit = applied_limit
 
     async def start(self, subscriber: WorkflowSubscriber[Any], handling: Handling) -> None:
-        """Run a starting handler on a new state and save it, unless it discards it."""
+        """Run a starting handler on a new state and save it, unless it discards it.
+
+        The new workflow's id derives from the message's id, so a redelivered start finds the
+        workflow it made instead of making another.
+        """
+        message_id = handling.attributes.message_id
+        state_type = subscriber.state_type
+        derived = None if message_id is None else workflow_id_for(message_id, state_type)
         for _ in range(self._policy.max_stalled_conflicts):
-            state = subscriber.state_type.model_validate({"workflow_id": str(uuid.uuid4())})
+            state = state_type.model_validate({"workflow_id": derived or str(uuid.uuid4())})
             try:
                 await self._run_handler(subscriber, handling, state, always_save=True)
                 return
@@ -72,11 +88,23 @@ class WorkflowRunner:
                 return
             except WorkflowConcurrencyError:
                 self._metrics.conflicts += 1
+                if derived is None:
+                    continue  # a random id that happened to exist: draw another
+            existing = await self._read(subscriber, handling, derived, include_completed=True)
+            if existing is not None:
+                if not await self._if_applied(subscriber, handling, existing):
+                    self._metrics.duplicate_starts += 1
+                    self._logger.warning(
+                        "%s: workflow %s already exists; duplicate start ignored",
+                        subscriber.name,
+                        derived,
+                    )
+                return
         raise WorkflowConcurrencyError(
-            f"{subscriber.name}: {self._policy.max_stalled_conflicts} new ids in a row already "
-            "existed; check the persistence",
-            collection=subscriber.state_type.workflow_name,
-            workflow_id="",
+            f"{subscriber.name}: {self._policy.max_stalled_conflicts} starts in a row found "
+            "their new id taken; check the persistence",
+            collection=state_type.workflow_name,
+            workflow_id=derived or "",
         )
 
     async def continue_workflows(
@@ -94,14 +122,7 @@ class WorkflowRunner:
             subscriber.state_type, mapping, handling.message, handling.attributes
         )
         if not states:
-            self._metrics.unmatched += 1
-            self._logger.info(
-                "%s: no running %s matches %s=%r; the message was ignored",
-                subscriber.name,
-                subscriber.state_type.workflow_name,
-                mapping.maps_to,
-                _safe_lookup(mapping, handling),
-            )
+            await self._unmatched(subscriber, handling, mapping)
             return
         first_error: Exception | None = None
         for state in states:
@@ -127,10 +148,35 @@ class WorkflowRunner:
         if first_error is not None:
             raise first_error
 
+    async def _unmatched(
+        self,
+        subscriber: WorkflowSubscriber[Any],
+        handling: Handling,
+        mapping: MessageWorkflowMapping[Any, Any],
+    ) -> None:
+        """No running state matched: unless this message completed one, it is ignored."""
+        if handling.attributes.message_id is not None:
+            ended = await self._persistence.get_workflow_state(
+                subscriber.state_type, mapping, handling.message, handling.attributes, True
+            )
+            applied = [state for state in ended if self._was_applied(handling, state)]
+            for state in applied:
+                await self._if_applied(subscriber, handling, state)
+            if applied:
+                return
+        self._metrics.unmatched += 1
+        self._logger.info(
+            "%s: no running %s matches %s=%r; the message was ignored",
+            subscriber.name,
+            subscriber.state_type.workflow_name,
+            mapping.maps_to,
+            _safe_lookup(mapping, handling),
+        )
+
     async def _run_on_fresh(
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, workflow_id: str
     ) -> None:
-        state = await self._read(subscriber, handling, workflow_id)
+        state = await self._read(subscriber, handling, workflow_id, include_completed=True)
         if state is not None:
             await self._run_on(subscriber, handling, state)
 
@@ -139,6 +185,11 @@ class WorkflowRunner:
     ) -> None:
         stalled = 0
         while True:
+            if await self._if_applied(subscriber, handling, state):
+                return
+            if state.workflow_status is not WorkflowStatus.RUNNING:
+                self._no_longer_running(subscriber, handling, state.workflow_id)
+                return
             try:
                 await self._run_handler(subscriber, handling, state, always_save=False)
                 return
@@ -146,8 +197,11 @@ class WorkflowRunner:
                 raise
             except WorkflowConcurrencyError:
                 self._metrics.conflicts += 1
-                fresh = await self._read(subscriber, handling, state.workflow_id)
+                fresh = await self._read(
+                    subscriber, handling, state.workflow_id, include_completed=True
+                )
                 if fresh is None:
+                    self._no_longer_running(subscriber, handling, state.workflow_id)
                     return
                 moved_on = fresh.workflow_version > state.workflow_version
                 stalled = 0 if moved_on else stalled + 1
@@ -155,26 +209,57 @@ class WorkflowRunner:
                     raise
                 state = fresh
 
-    async def _read(
+    def _was_applied(self, handling: Handling, state: WorkflowState) -> bool:
+        message_id = handling.attributes.message_id
+        return message_id is not None and message_id in state.workflow_applied
+
+    async def _if_applied(
+        self, subscriber: WorkflowSubscriber[Any], handling: Handling, state: WorkflowState
+    ) -> bool:
+        """If ``state`` applied this message already, make sure what it sent has left."""
+        if not self._was_applied(handling, state):
+            return False
+        origin = handling.attributes.message_id
+        sent = await self._outbox.dispatch_saved(
+            state, [record for record in state.workflow_outbox if record.origin == origin]
+        )
+        self._metrics.duplicates += 1
+        self._logger.info(
+            "%s: %s %s was applied to workflow %s already; not applied again%s",
+            subscriber.name,
+            type(handling.message).__name__,
+            origin,
+            state.workflow_id,
+            f", {sent} saved outgoing message(s) dispatched again" if sent else "",
+        )
+        return True
+
+    def _no_longer_running(
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, workflow_id: str
+    ) -> None:
+        self._metrics.unmatched += 1
+        self._logger.info(
+            "%s: workflow %s is no longer running; %s was not applied to it",
+            subscriber.name,
+            workflow_id,
+            type(handling.message).__name__,
+        )
+
+    async def _read(
+        self,
+        subscriber: WorkflowSubscriber[Any],
+        handling: Handling,
+        workflow_id: str,
+        *,
+        include_completed: bool,
     ) -> WorkflowState | None:
         by_id: MessageWorkflowMapping[Any, Any] = MessageWorkflowMapping(
             lookup=lambda _message, _attributes: workflow_id, maps_to="workflow_id"
         )
         found = await self._persistence.get_workflow_state(
-            subscriber.state_type, by_id, handling.message, handling.attributes
+            subscriber.state_type, by_id, handling.message, handling.attributes, include_completed
         )
-        if not found:
-            self._metrics.unmatched += 1
-            self._logger.info(
-                "%s: workflow %s is no longer running; %s was not applied to it",
-                subscriber.name,
-                workflow_id,
-                type(handling.message).__name__,
-            )
-            return None
-        state: WorkflowState = found[0]
-        return state
+        return found[0] if found else None
 
     async def _run_handler(
         self,
@@ -184,21 +269,87 @@ class WorkflowRunner:
         *,
         always_save: bool,
     ) -> None:
+        now = datetime.now(UTC)
+        if state.workflow_outbox:
+            await self._outbox.rescue(state, now)
         context = HandlingContext(
             self._sender,
             handling.attributes,
             workflow_id=state.workflow_id,
-            origin=f"{handling.attributes.message_id}/{subscriber.name}/{state.workflow_id}",
+            handler=subscriber.name,
         )
         self._metrics.handler_runs += 1
         result = await run_in_context(
             context, subscriber.route.handler(handling.message, state, handling.attributes)
         )
         updated = apply_handler_result(state, result, handler_name=subscriber.name)
+        context.open = False
+        outgoing = [self._encode(each) for each in context.outbox]
         if updated is not None and (result is not None or always_save):
-            await self._persistence.save_workflow_state(updated)
+            message_id = handling.attributes.message_id
+            if message_id is not None:
+                applied = [*state.workflow_applied, message_id]
+                updated.workflow_applied = applied[-self._applied_limit :]
+            updated.workflow_outbox = [
+                *self._outbox.carried(state, now),
+                *(to_record(each, message_id, now) for each in outgoing),
+            ]
+            await self._save(subscriber, handling, updated)
+            self._outbox.saved(updated)
             self._keys.remember(updated, subscriber.mapped_fields)
-        await self._flush(context)
+            await self._outbox.dispatch(outgoing)
+            self._outbox.clear_later(updated, [each.message.message_id for each in outgoing])
+            return
+        await self._outbox.dispatch(outgoing)
+
+    async def _save(
+        self, subscriber: WorkflowSubscriber[Any], handling: Handling, state: WorkflowState
+    ) -> None:
+        """Save ``state``; a save whose outcome is unknown is settled by reading it back."""
+        try:
+            await self._persistence.save_workflow_state(state)
+        except WorkflowConcurrencyError:
+            raise
+        except (Exception, asyncio.CancelledError) as error:
+            if isinstance(error, asyncio.CancelledError) and being_cancelled():
+                raise
+            if not is_retryable(error):
+                raise
+            stored = await self._read(
+                subscriber, handling, state.workflow_id, include_completed=True
+            )
+            landed = (
+                stored is not None
+                and stored.workflow_version == state.workflow_version + 1
+                and stored.workflow_applied[-1:] == state.workflow_applied[-1:]
+            )
+            self._logger.warning(
+                "%s: saving workflow %s of %s ended in %s: %s; read back, the save %s",
+                subscriber.name,
+                state.workflow_id,
+                state.workflow_name,
+                type(error).__name__,
+                error,
+                "is there" if landed else "is not there, so it runs again on fresh state",
+            )
+            if landed:
+                return
+            raise WorkflowConcurrencyError(
+                f"{state.workflow_name}: the save of workflow {state.workflow_id} at version "
+                f"{state.workflow_version} did not land; read it again and retry",
+                collection=state.workflow_name,
+                workflow_id=state.workflow_id,
+                expected_version=state.workflow_version,
+            ) from error
+
+
+def workflow_id_for(message_id: str, state_type: type[WorkflowState]) -> str:
+    """The id of the workflow that a message starts: the same on every delivery."""
+    return str(uuid.uuid5(_WORKFLOW_IDS, f"{state_type.workflow_name}/{message_id}"))
+
+
+_WORKFLOW_IDS = uuid.UUID("0f6c2b8e-3f4d-4b7a-9c1e-2a5d8e7f9b30")
+"""The namespace of the ids of workflows that messages start."""
 
 
 def _bind(
@@ -255,6 +406,8 @@ def apply_handler_result(state: S, result: object, *, handler_name: str) -> S | 
         return None
     data["workflow_id"] = state.workflow_id
     data["workflow_version"] = state.workflow_version
+    data["workflow_applied"] = state.workflow_applied
+    data["workflow_outbox"] = state.workflow_outbox
     try:
         return state_type.model_validate(data, by_name=True, by_alias=False)
     except ValidationError as error:

@@ -28,3 +28,4 @@ class BusSettings:
     core_dependencies: CoreDependencies
     dispose_timeout: float
     per_workflow_order: bool
+    applied_limit: int

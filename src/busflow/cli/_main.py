@@ -28,6 +28,7 @@ from typing import Any
 
 from bson import json_util
 from pymongo import MongoClient
+from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailure, PyMongoError
 
@@ -38,6 +39,9 @@ from busflow.cli._common import (
     CommandError,
     add_demo_arguments,
     positive_seconds,
+)
+from busflow.mongodb import (
+    OUTBOX_FIELD as OUTBOX,
 )
 from busflow.mongodb import (
     REGISTRY_COLLECTION,
@@ -147,7 +151,9 @@ def inspect(arguments: argparse.Namespace) -> int:
         problems = 0
         for entry in entries:
             print()
-            report = inspect_collection(database, entry, existing, now)
+            report = inspect_collection(
+                database, entry, existing, now, timedelta(seconds=arguments.outbox_age)
+            )
             problems += report.problems
             for line in report.lines:
                 print(line)
@@ -167,7 +173,11 @@ class CollectionReport:
 
 
 def inspect_collection(
-    database: Database[Document], entry: Mapping[str, Any], existing: set[str], now: datetime
+    database: Database[Document],
+    entry: Mapping[str, Any],
+    existing: set[str],
+    now: datetime,
+    outbox_age: timedelta,
 ) -> CollectionReport:
     """The report on one registered workflow collection."""
     name = str(entry.get(ID))
@@ -211,10 +221,44 @@ def inspect_collection(
         )
         report.lines.append(f"  oldest running: {oldest[ID]}{looked_up}, {age}")
 
+    report.problems += report_waiting_outboxes(collection, now, outbox_age, report.lines)
+
     index_lines, index_problems = check_indexes(collection.name, entry, collection.list_indexes())
     report.lines += index_lines
     report.problems += index_problems
     return report
+
+
+def report_waiting_outboxes(
+    collection: Collection[Document], now: datetime, outbox_age: timedelta, lines: list[str]
+) -> int:
+    """Report workflows whose saved outgoing messages waited longer than ``outbox_age``.
+
+    A bus clears the messages it dispatched from a workflow's ``_outbox`` within a second. One
+    still there long after it was saved was saved by a worker that died before it dispatched
+    it, and waits for the message that sent it to be delivered again (or for another worker to
+    rescue it when it next handles the workflow). Returns 1 if any wait.
+    """
+    saved_at = f"{OUTBOX}.saved_at"
+    stale = {saved_at: {"$lt": now - outbox_age}}
+    waiting = collection.count_documents(stale)
+    if not waiting:
+        lines.append(f"  outgoing:       none waiting longer than {format_age(outbox_age)}")
+        return 0
+    oldest = collection.find_one(stale, sort=[(saved_at, 1), (ID, 1)]) or {}
+    times: list[datetime] = [
+        when
+        for record in oldest.get(OUTBOX) or []
+        if isinstance(record, Mapping) and isinstance(when := record.get("saved_at"), datetime)
+    ]
+    since = format_age(now - min(times)) if times else "long"
+    lines.append(
+        f"  ! outgoing:     {waiting} workflow(s) hold outgoing messages saved longer than "
+        f"{format_age(outbox_age)} ago and never cleared; the oldest, {oldest.get(ID)}, for "
+        f"{since}. They leave when the message that sent them is delivered again, or when a "
+        "worker next handles the workflow: check that its queue has a running worker"
+    )
+    return 1
 
 
 def _lookup_keys(entry: Mapping[str, Any]) -> list[str]:
@@ -287,7 +331,10 @@ def format_age(age: timedelta) -> str:
     parts = [(days, "d"), (hours, "h"), (minutes, "min"), (seconds, "s")]
     while len(parts) > 1 and parts[0][0] == 0:
         parts.pop(0)
-    return " ".join(f"{value} {unit}" for value, unit in parts[:2])
+    shown = parts[:2]
+    if len(shown) == 2 and shown[1][0] == 0:
+        shown.pop()  # "1 min", not "1 min 0 s"
+    return " ".join(f"{value} {unit}" for value, unit in shown)
 
 
 def _when(value: object) -> str:
@@ -406,6 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="For each workflow collection in busflow_workflows: its workflows by "
         "status, its oldest running workflow and how long ago it changed, and whether "
         "busflow's indexes are there as expected.",
+    )
+    inspect_parser.add_argument(
+        "--outbox-age",
+        type=positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="report outgoing messages saved longer ago than this and not dispatched (default: 60)",
     )
     inspect_parser.set_defaults(command=inspect)
 

@@ -31,14 +31,22 @@ from busflow._workflow import WorkflowState, WorkflowStatus
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 """MongoDB's limit on one document (``maxBsonObjectSize``)."""
 
-ID, VERSION, STATUS, UPDATED_AT, COMPLETED_AT = (
+ID, VERSION, STATUS, UPDATED_AT, COMPLETED_AT, APPLIED, OUTBOX = (
     "_id",
     "_version",
     "_status",
     "_updated_at",
     "_completed_at",
+    "_applied",
+    "_outbox",
 )
-FRAMEWORK_KEYS = {"workflow_id": ID, "workflow_version": VERSION, "workflow_status": STATUS}
+FRAMEWORK_KEYS = {
+    "workflow_id": ID,
+    "workflow_version": VERSION,
+    "workflow_status": STATUS,
+    "workflow_applied": APPLIED,
+    "workflow_outbox": OUTBOX,
+}
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -98,6 +106,11 @@ class StateLayout:
             VERSION: version,
             STATUS: state.workflow_status.value,
             UPDATED_AT: now,
+            APPLIED: list(state.workflow_applied),
+            OUTBOX: [
+                encode_value(record.model_dump(), OUTBOX, self.collection, state.workflow_id)
+                for record in state.workflow_outbox
+            ],
         }
         if state.workflow_status is WorkflowStatus.COMPLETE:
             document[COMPLETED_AT] = now
@@ -118,6 +131,8 @@ class StateLayout:
         data["workflow_id"] = workflow_id
         data["workflow_version"] = document.get(VERSION)
         data["workflow_status"] = document.get(STATUS)
+        data["workflow_applied"] = document.get(APPLIED, [])
+        data["workflow_outbox"] = decode_value(document.get(OUTBOX, []))
         try:
             return self.state_type.model_validate(data, by_alias=True, by_name=True)
         except ValidationError as error:

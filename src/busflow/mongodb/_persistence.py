@@ -40,6 +40,7 @@ from busflow._workflow import (
 from busflow.mongodb._documents import (
     COMPLETED_AT,
     ID,
+    OUTBOX,
     STATUS,
     VERSION,
     StateLayout,
@@ -386,6 +387,24 @@ class MongoPersistence:
             state.workflow_id,
             version + 1,
         )
+
+    async def clear_outbox(
+        self, state_type: type[WorkflowState], workflow_id: str, message_ids: Sequence[str]
+    ) -> None:
+        """Pull dispatched messages from a workflow's ``_outbox``; one update, no new version."""
+        layout = self._layout(state_type)
+        try:
+            await self._collection(layout.collection).update_one(
+                {ID: {"$eq": workflow_id}},
+                {"$pull": {OUTBOX: {"message_id": {"$in": list(message_ids)}}}},
+            )
+        except ConnectionFailure as error:
+            raise self._connection_error("clear_outbox", layout.collection, error) from error
+        except PyMongoError as error:
+            raise PersistenceError(
+                f"{layout.collection}: clearing the outbox of workflow {workflow_id} failed: "
+                f"{error}"
+            ) from error
 
     # helpers
 

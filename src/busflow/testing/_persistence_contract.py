@@ -6,20 +6,26 @@ import asyncio
 import enum
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from pydantic import BaseModel, Field
 
 from busflow import (
+    Bus,
+    CoreDependencies,
     InvalidLookupValueError,
     Message,
     MessageAttributes,
     MessageWorkflowMapping,
+    OutboxMessage,
     Persistence,
+    Workflow,
     WorkflowConcurrencyError,
+    WorkflowMapper,
     WorkflowState,
     WorkflowStatus,
 )
@@ -84,6 +90,9 @@ class ContractMessage(Message):
     value: Any = None
 
 
+S = TypeVar("S", bound=WorkflowState)
+
+
 def _mapping(maps_to: str) -> MessageWorkflowMapping[ContractMessage, Any]:
     return MessageWorkflowMapping(
         lookup=lambda message, _attributes: message.value, maps_to=maps_to
@@ -95,6 +104,112 @@ BY_CUSTOMER = _mapping("customer")
 BY_WORKFLOW_ID = _mapping("workflow_id")
 BY_KEY = _mapping("key")
 ATTRIBUTES = MessageAttributes()
+
+
+class CounterStarted(Message):
+    message_name = "busflow-contract.CounterStarted"
+    key: str
+
+
+class Bumped(Message):
+    message_name = "busflow-contract.Bumped"
+    key: str
+    n: int
+
+
+class Finished(Message):
+    message_name = "busflow-contract.Finished"
+    key: str
+
+
+class Done(Message):
+    message_name = "busflow-contract.Done"
+    key: str
+
+
+class ContractCounter(WorkflowState):
+    workflow_name = "busflow-contract/counter"
+
+    key: str = ""
+    seen: list[int] = Field(default_factory=list)
+
+
+BY_COUNTER_KEY: MessageWorkflowMapping[Any, ContractCounter] = MessageWorkflowMapping(
+    lambda message, _attributes: message.key, "key"
+)
+
+
+class CounterWorkflow(Workflow[ContractCounter]):
+    """Counts the ``n`` of each Bumped; Finished completes it and sends Done."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def configure_workflow(self, mapper: WorkflowMapper[ContractCounter]) -> None:
+        (
+            mapper.with_state(ContractCounter)
+            .started_by(CounterStarted, self.started)
+            .when(Bumped, self.bumped, BY_COUNTER_KEY)
+            .when(Finished, self.finished, BY_COUNTER_KEY)
+        )
+
+    async def started(
+        self, message: CounterStarted, state: ContractCounter, _a: MessageAttributes
+    ) -> dict[str, Any]:
+        self.runs += 1
+        return {"key": message.key}
+
+    async def bumped(
+        self, message: Bumped, state: ContractCounter, _a: MessageAttributes
+    ) -> dict[str, Any]:
+        self.runs += 1
+        return {"seen": [*state.seen, message.n]}
+
+    async def finished(
+        self, message: Finished, state: ContractCounter, _a: MessageAttributes
+    ) -> dict[str, Any]:
+        self.runs += 1
+        await self.bus.send(Done(key=state.key))
+        return self.complete_workflow()
+
+
+class _Lent:
+    """The contract's persistence, lent to a bus: the bus neither opens nor closes it."""
+
+    def __init__(self, persistence: Persistence) -> None:
+        self._persistence = persistence
+
+    def prepare(self, core_dependencies: CoreDependencies) -> None:
+        self._persistence.prepare(core_dependencies)
+
+    async def initialize_workflow(
+        self,
+        state_type: type[WorkflowState],
+        mappings: Sequence[MessageWorkflowMapping[Any, Any]],
+    ) -> None:
+        await self._persistence.initialize_workflow(state_type, mappings)
+
+    async def get_workflow_state(
+        self,
+        state_type: type[S],
+        mapping: MessageWorkflowMapping[Any, Any],
+        message: Message,
+        attributes: MessageAttributes,
+        include_completed: bool = False,
+    ) -> list[S]:
+        return await self._persistence.get_workflow_state(
+            state_type, mapping, message, attributes, include_completed
+        )
+
+    async def save_workflow_state(self, state: WorkflowState) -> None:
+        await self._persistence.save_workflow_state(state)
+
+    async def clear_outbox(
+        self, state_type: type[WorkflowState], workflow_id: str, message_ids: Sequence[str]
+    ) -> None:
+        clear = getattr(self._persistence, "clear_outbox", None)
+        if clear is not None:
+            await clear(state_type, workflow_id, message_ids)
 
 
 def new_order(**fields: Any) -> ContractOrder:
@@ -113,6 +228,32 @@ class PersistenceContract:
         await persistence.initialize_workflow(ContractOrder, [BY_ORDER_ID, BY_CUSTOMER])
         await persistence.initialize_workflow(ContractValues, [BY_KEY])
         return persistence
+
+    @staticmethod
+    def counter_bus(
+        store: Persistence,
+        done: list[tuple[str | None, str]],
+        workflow: CounterWorkflow | None = None,
+    ) -> Bus:
+        """A bus on ``store`` running ``CounterWorkflow``; Done messages land in ``done``."""
+
+        async def on_done(message: Done, attributes: MessageAttributes) -> None:
+            done.append((attributes.message_id, message.key))
+
+        return (
+            Bus.configure()
+            .with_persistence(_Lent(store))
+            .with_workflow(workflow or CounterWorkflow())
+            .with_handler(Done, on_done)
+            .with_concurrency(4)
+            .build()
+        )
+
+    @staticmethod
+    async def counters(store: Persistence, key: str) -> list[ContractCounter]:
+        return await store.get_workflow_state(
+            ContractCounter, BY_COUNTER_KEY, Finished(key=key), ATTRIBUTES, True
+        )
 
     async def find(
         self,
@@ -404,3 +545,121 @@ class PersistenceContract:
             await store.save_workflow_state(new_order(order_id="o-logged"))
 
         assert any(record.name.startswith("busflow") for record in caplog.records)
+
+    # what a message did, kept with the state: exactly-once effects
+
+    async def test_applied_ids_and_the_outbox_are_kept_with_the_state(
+        self, store: Persistence
+    ) -> None:
+        record = OutboxMessage(
+            message_id="out-1",
+            name="shop.Shipped",
+            body='{"order_id":"o-1"}',
+            correlation_id="c-1",
+            attributes={"tenant": "t-1"},
+            sticky_attributes={"workflow_id": "w-1"},
+            publish=True,
+            origin="in-1",
+        )
+        order = new_order(order_id="o-1")
+        order.workflow_applied = ["in-0", "in-1"]
+        order.workflow_outbox = [record]
+        await store.save_workflow_state(order)
+
+        [stored] = await self.find(store, BY_ORDER_ID, "o-1")
+
+        assert stored.workflow_applied == ["in-0", "in-1"]
+        assert stored.workflow_outbox == [record]
+
+    async def test_clear_outbox_removes_only_the_messages_named(self, store: Persistence) -> None:
+        clear_outbox = getattr(store, "clear_outbox", None)
+        if clear_outbox is None:
+            pytest.skip("this persistence does not clear outboxes (clear_outbox is optional)")
+        records = [
+            OutboxMessage(message_id=f"out-{n}", name="shop.Shipped", body="{}", origin="in-1")
+            for n in range(3)
+        ]
+        order = new_order(order_id="o-1")
+        order.workflow_outbox = records
+        await store.save_workflow_state(order)
+
+        await clear_outbox(ContractOrder, order.workflow_id, ["out-0", "out-2", "elsewhere"])
+        await clear_outbox(ContractOrder, "no-such-workflow", ["out-1"])
+        [cleared] = await self.find(store, BY_ORDER_ID, "o-1")
+
+        assert cleared.workflow_outbox == [records[1]]
+        assert cleared.workflow_version == 1
+
+    async def test_a_redelivered_message_changes_its_workflow_once(
+        self, store: Persistence
+    ) -> None:
+        bus = self.counter_bus(store, [])
+        async with bus:
+            await bus.send(CounterStarted(key="k"))
+            await bus.wait_until_idle(timeout=10)
+            again = MessageAttributes(message_id="bump-1")
+            await bus.send(Bumped(key="k", n=1), again)
+            await bus.wait_until_idle(timeout=10)
+            await bus.send(Bumped(key="k", n=1), again)
+            await bus.send(Bumped(key="k", n=2))
+            await bus.wait_until_idle(timeout=10)
+
+        [counter] = await self.counters(store, "k")
+        assert counter.seen == [1, 2]
+        assert bus.metrics.duplicates == 1
+
+    async def test_a_redelivered_start_finds_its_workflow(self, store: Persistence) -> None:
+        bus = self.counter_bus(store, [])
+        async with bus:
+            for _ in range(3):
+                await bus.send(CounterStarted(key="k"), MessageAttributes(message_id="start-1"))
+                await bus.wait_until_idle(timeout=10)
+
+        assert len(await self.counters(store, "k")) == 1
+        assert bus.metrics.duplicates == 2
+
+    async def test_a_redelivered_completion_sends_what_it_saved(self, store: Persistence) -> None:
+        done: list[tuple[str | None, str]] = []
+        workflow = CounterWorkflow()
+        bus = self.counter_bus(store, done, workflow)
+        async with bus:
+            await bus.send(CounterStarted(key="k"))
+            await bus.wait_until_idle(timeout=10)
+            workflow.runs = 0
+            [running] = await self.counters(store, "k")
+            # A bus saved the completion, with its outgoing Done, then died before sending it.
+            running.workflow_status = WorkflowStatus.COMPLETE
+            running.workflow_applied = [*running.workflow_applied, "finish-1"]
+            running.workflow_outbox = [
+                OutboxMessage(
+                    message_id="done-1",
+                    name=Done.message_name,
+                    body=Done(key="k").model_dump_json(),
+                    origin="finish-1",
+                )
+            ]
+            await store.save_workflow_state(running)
+
+            await bus.send(Finished(key="k"), MessageAttributes(message_id="finish-1"))
+            await bus.wait_until_idle(timeout=10)
+
+        assert done == [("done-1", "k")]
+        assert workflow.runs == 0
+        assert bus.metrics.duplicates == 1
+
+    async def test_a_completion_delivered_twice_sends_the_same_message_id(
+        self, store: Persistence
+    ) -> None:
+        done: list[tuple[str | None, str]] = []
+        bus = self.counter_bus(store, done)
+        async with bus:
+            await bus.send(CounterStarted(key="k"))
+            await bus.wait_until_idle(timeout=10)
+            for _ in range(2):
+                await bus.send(Finished(key="k"), MessageAttributes(message_id="finish-1"))
+                await bus.wait_until_idle(timeout=10)
+
+        [counter] = await self.counters(store, "k")
+        assert counter.workflow_status == WorkflowStatus.COMPLETE
+        assert len(done) >= 1
+        assert {message_id for message_id, _ in done} == {done[0][0]}
