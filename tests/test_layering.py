@@ -12,7 +12,7 @@ SOURCE = Path(__file__).resolve().parent.parent / "src" / "busflow"
 LAYERS = [
     {"_errors", "_messages", "_uri"},
     {"_workflow"},
-    {"_persistence", "_transport"},
+    {"_persistence", "_transport", "_timeouts"},
     {"_memory", "_memory_transport", "mongodb"},
     {"_bus"},
     {"testing"},

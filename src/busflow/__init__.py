@@ -21,6 +21,7 @@ from busflow._memory import InMemoryPersistence
 from busflow._memory_transport import MemoryTransport
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, Persistence
+from busflow._timeouts import ClaimedMessage, ScheduledMessage, TimeoutStore
 from busflow._transport import DeadLetter, Delivery, Subscription, Transport, TransportMessage
 from busflow._workflow import (
     MessageWorkflowMapping,
@@ -39,6 +40,7 @@ __all__ = [
     "BusMetrics",
     "BusNotRunningError",
     "BusflowError",
+    "ClaimedMessage",
     "ConfigurationError",
     "CoreDependencies",
     "DeadLetter",
@@ -57,8 +59,10 @@ __all__ = [
     "PersistenceConnectionError",
     "PersistenceError",
     "RetryPolicy",
+    "ScheduledMessage",
     "StoredStateError",
     "Subscription",
+    "TimeoutStore",
     "Transport",
     "TransportMessage",
     "Workflow",

@@ -7,12 +7,13 @@ import contextlib
 import logging
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from busflow._errors import WorkflowConcurrencyError
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, resolve_lookup
+from busflow._timeouts import ClaimedMessage, ScheduledMessage
 from busflow._workflow import (
     MessageWorkflowMapping,
     StateTypesByName,
@@ -102,8 +103,51 @@ def _fresh_copy(state: S) -> S:
     return type(state).model_validate(state.model_dump(), by_alias=False, by_name=True)
 
 
+@dataclass
+class _Lease:
+    owner: str | None = None
+    until: datetime | None = None
+
+
+class _ScheduledMessages:
+    """Messages waiting to be due, by message id, with the lease on each."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, tuple[ScheduledMessage, _Lease]] = {}
+
+    def schedule(self, messages: Sequence[ScheduledMessage]) -> None:
+        for scheduled in messages:
+            self._waiting.setdefault(scheduled.message.message_id, (scheduled, _Lease()))
+
+    def claim(
+        self, now: datetime, owner: str, lease: timedelta, limit: int
+    ) -> list[ClaimedMessage]:
+        due = sorted(
+            (
+                (scheduled, held)
+                for scheduled, held in self._waiting.values()
+                if scheduled.due_at <= now and (held.until is None or held.until <= now)
+            ),
+            key=lambda pair: pair[0].due_at,
+        )[:limit]
+        claimed = []
+        for scheduled, held in due:
+            held.owner, held.until = owner, now + lease
+            claimed.append(ClaimedMessage(scheduled, owner, held.until))
+        return claimed
+
+    def remove(self, claimed: ClaimedMessage) -> None:
+        message_id = claimed.scheduled.message.message_id
+        entry = self._waiting.get(message_id)
+        if entry is not None and (entry[1].owner, entry[1].until) == (
+            claimed.owner,
+            claimed.leased_until,
+        ):
+            del self._waiting[message_id]
+
+
 class InMemoryPersistence:
-    """Keeps workflow states in a dict; lost when the process ends.
+    """Keeps workflow states, and messages to deliver later, in memory; lost with the process.
 
     It enforces versions exactly as ``MongoPersistence`` does, keeps datetimes to the
     millisecond as MongoDB does, hands out copies rather than live objects, and yields to the
@@ -116,6 +160,7 @@ class InMemoryPersistence:
         self._logger = logging.getLogger("busflow.memory")
         self._tables: dict[type[WorkflowState], _Table] = {}
         self._state_types = StateTypesByName()
+        self._scheduled = _ScheduledMessages()
 
     def prepare(self, core_dependencies: CoreDependencies) -> None:
         self._logger = core_dependencies.logger_factory("busflow.memory")
@@ -202,6 +247,22 @@ class InMemoryPersistence:
         kept = [record for record in stored.workflow_outbox if record.message_id not in gone]
         if len(kept) < len(stored.workflow_outbox):
             table.store(stored.model_copy(update={"workflow_outbox": kept}))
+
+    # TimeoutStore
+
+    async def schedule_messages(self, messages: Sequence[ScheduledMessage]) -> None:
+        await asyncio.sleep(0)
+        self._scheduled.schedule(messages)
+
+    async def claim_due_messages(
+        self, now: datetime, *, owner: str, lease: timedelta, limit: int
+    ) -> list[ClaimedMessage]:
+        await asyncio.sleep(0)
+        return self._scheduled.claim(now, owner, lease, limit)
+
+    async def remove_claimed_message(self, claimed: ClaimedMessage) -> None:
+        await asyncio.sleep(0)
+        self._scheduled.remove(claimed)
 
     def _table(self, state_type: type[WorkflowState]) -> _Table:
         table = self._tables.get(state_type)

@@ -6,7 +6,7 @@ import enum
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, Protocol, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -50,6 +50,8 @@ class OutboxMessage(BaseModel):
     """Published as an event, rather than sent as a command."""
     origin: str | None = None
     """The id of the message whose handling sent it."""
+    deliver_at: datetime | None = None
+    """When to deliver it, for a delayed message: it goes to the ``TimeoutStore``."""
     saved_at: datetime | None = None
     """When the handler's save wrote it: the bus that saved it dispatches it at once, and
     another bus dispatches it only once it has waited long enough that the first must have
@@ -257,12 +259,28 @@ def check_mapping_fields(
 
 
 class WorkflowSender(Protocol):
-    """What a workflow can do with the bus from inside a handler."""
+    """What a workflow can do with the bus from inside a handler.
 
-    async def send(self, message: Message, attributes: MessageAttributes | None = None) -> None: ...
+    ``deliver_at`` (a timezone-aware datetime) or ``deliver_after`` (a timedelta) delays the
+    message: it is stored until then (the persistence must be a ``TimeoutStore``).
+    """
+
+    async def send(
+        self,
+        message: Message,
+        attributes: MessageAttributes | None = None,
+        *,
+        deliver_at: datetime | None = None,
+        deliver_after: timedelta | None = None,
+    ) -> None: ...
 
     async def publish(
-        self, message: Message, attributes: MessageAttributes | None = None
+        self,
+        message: Message,
+        attributes: MessageAttributes | None = None,
+        *,
+        deliver_at: datetime | None = None,
+        deliver_after: timedelta | None = None,
     ) -> None: ...
 
 
@@ -280,6 +298,22 @@ class Workflow(Generic[S]):
 
     def configure_workflow(self, mapper: WorkflowMapper[S]) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement configure_workflow")
+
+    async def request_timeout(
+        self,
+        message: Message,
+        *,
+        after: timedelta | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        """Send ``message`` to this workflow itself, ``after`` a while or ``at`` a time.
+
+        Handle it with ``mapper.when(MessageType, handler)``: it comes back by the sticky
+        ``workflow_id``. Asked for in a handler, it is stored only if the handler's state is
+        saved. A timeout that arrives once the workflow is complete is ignored, and counted
+        (``BusMetrics.timeouts_ignored``).
+        """
+        await self.bus.send(message, deliver_after=after, deliver_at=at)
 
     def complete_workflow(self, **changes: Any) -> dict[str, Any]:
         """Return ``changes`` that also mark the workflow complete; it gets no more messages."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -26,14 +27,16 @@ from busflow._bus.retries import RetryPolicy
 from busflow._bus.routing import MessageHandler, Routes
 from busflow._bus.runner import WorkflowRunner
 from busflow._bus.settings import BusSettings
+from busflow._bus.timeouts import TimeoutPoller, TimeoutPolling, due_time
 from busflow._bus.tracking import WorkTracker
 from busflow._errors import BusError, BusIdleTimeoutError, BusNotRunningError, ConfigurationError
 from busflow._memory import InMemoryPersistence
 from busflow._memory_transport import MemoryTransport
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, Persistence
+from busflow._timeouts import ScheduledMessage, TimeoutStore
 from busflow._transport import DeadLetter, Subscription, Transport, TransportMessage
-from busflow._workflow import Workflow
+from busflow._workflow import Workflow, WorkflowState
 
 __all__ = ["Bus", "BusConfiguration"]
 
@@ -78,6 +81,12 @@ class Bus:
         self._ids = MessageIds()
         self._held: list[Outgoing] = []
         """Messages sent before ``start``; they leave when it starts the transport."""
+        store = settings.persistence
+        self._timeouts = (
+            TimeoutPoller(store, self, settings.timeout_polling, self._logger)
+            if isinstance(store, TimeoutStore)
+            else None
+        )
         self._workers: list[asyncio.Task[None]] = []
         self._receiving: set[asyncio.Task[None]] = set()
 
@@ -179,6 +188,8 @@ class Bus:
             asyncio.create_task(self._work(), name=f"busflow-worker-{n}")
             for n in range(self._settings.concurrency)
         ]
+        if self._timeouts is not None:
+            self._timeouts.start()
 
     async def dispose(self) -> None:
         """Stop taking messages, let in-flight handlers finish, then close everything.
@@ -192,6 +203,8 @@ class Bus:
         if self._lifecycle in (_Lifecycle.DISPOSING, _Lifecycle.DISPOSED):
             return
         self._lifecycle = _Lifecycle.DISPOSING
+        if self._timeouts is not None:
+            await self._timeouts.stop()
         if self._turns is not None:
             self._turns.stopping = True
         for worker in self._receiving:
@@ -267,13 +280,31 @@ class Bus:
 
     # sending
 
-    async def send(self, message: Message, attributes: MessageAttributes | None = None) -> None:
-        """Send a command. Inside a handler it leaves once the handler's state is saved."""
-        await self._dispatch(message, attributes, publish=False)
+    async def send(
+        self,
+        message: Message,
+        attributes: MessageAttributes | None = None,
+        *,
+        deliver_at: datetime | None = None,
+        deliver_after: timedelta | None = None,
+    ) -> None:
+        """Send a command. Inside a handler it leaves once the handler's state is saved.
 
-    async def publish(self, message: Message, attributes: MessageAttributes | None = None) -> None:
-        """Publish an event. Inside a handler it leaves once the handler's state is saved."""
-        await self._dispatch(message, attributes, publish=True)
+        With ``deliver_at`` (timezone-aware) or ``deliver_after`` it is delivered then,
+        stored meanwhile by the persistence, which must be a ``TimeoutStore``.
+        """
+        await self._dispatch(message, attributes, False, due_time(deliver_at, deliver_after))
+
+    async def publish(
+        self,
+        message: Message,
+        attributes: MessageAttributes | None = None,
+        *,
+        deliver_at: datetime | None = None,
+        deliver_after: timedelta | None = None,
+    ) -> None:
+        """Publish an event; like ``send``, it may be delayed."""
+        await self._dispatch(message, attributes, True, due_time(deliver_at, deliver_after))
 
     async def wait_until_idle(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Return once nothing this bus sent to itself is queued, waiting or being handled.
@@ -298,13 +329,23 @@ class Bus:
             ) from None
 
     async def _dispatch(
-        self, message: Message, attributes: MessageAttributes | None, *, publish: bool
+        self,
+        message: Message,
+        attributes: MessageAttributes | None,
+        publish: bool,
+        due_at: datetime | None,
     ) -> None:
         if not isinstance(message, Message):
             raise TypeError(f"only busflow Message instances can be sent, not {message!r}")
+        if due_at is not None and self._timeouts is None:
+            raise ConfigurationError(
+                f"cannot delay {type(message).__name__}: {type(self.persistence).__name__} "
+                "stores no messages for later (it is not a TimeoutStore); use MongoPersistence "
+                "or InMemoryPersistence"
+            )
         context = current_context()
         if context is not None and context.bus is self:
-            outgoing = context.outgoing(message, attributes, publish=publish)
+            outgoing = context.outgoing(message, attributes, publish=publish, due_at=due_at)
             if context.open:
                 context.outbox.append(outgoing)
             else:
@@ -315,20 +356,47 @@ class Bus:
                 f"cannot send {type(message).__name__}: the bus is {self._lifecycle.value}"
             )
         attributes = attributes or _NO_ATTRIBUTES
-        outgoing = Outgoing(message, attributes, attributes.message_id or self._ids.next(), publish)
+        outgoing = Outgoing(
+            message, attributes, attributes.message_id or self._ids.next(), publish, due_at
+        )
         if self._lifecycle is not _Lifecycle.STARTED:
             self._held.append(outgoing)
             return
         await self._send_now(outgoing)
 
     async def _send_now(self, outgoing: Outgoing) -> None:
-        message, publish = self._encode(outgoing)
-        await self.deliver(message, publish=publish)
+        dispatchable = self._encode(outgoing)
+        if dispatchable.due_at is not None:
+            await self.schedule([dispatchable], None)
+        else:
+            await self.deliver(dispatchable.message, publish=dispatchable.publish)
 
     def _encode(self, outgoing: Outgoing) -> Dispatchable:
         assert self._routes is not None
         message = self._routes.encode(outgoing.message, outgoing.attributes, outgoing.message_id)
-        return Dispatchable(message, outgoing.publish)
+        return Dispatchable(message, outgoing.publish, outgoing.due_at)
+
+    async def schedule(
+        self, messages: Sequence[Dispatchable], sender: WorkflowState | None
+    ) -> None:
+        """Store delayed messages until they are due (the outbox's ``Outlet``)."""
+        store = self.persistence
+        assert isinstance(store, TimeoutStore)
+        assert self._timeouts is not None
+        scheduled = [
+            ScheduledMessage(
+                message=each.message,
+                publish=each.publish,
+                due_at=each.due_at,
+                workflow_name=None if sender is None else sender.workflow_name,
+                workflow_id=None if sender is None else sender.workflow_id,
+            )
+            for each in messages
+            if each.due_at is not None
+        ]
+        await store.schedule_messages(scheduled)
+        for each in scheduled:
+            self._timeouts.scheduled(each.due_at)
 
     async def deliver(self, message: TransportMessage, *, publish: bool) -> None:
         """Hand an encoded message to the transport (the outbox's ``Outlet``)."""
@@ -392,6 +460,7 @@ class BusConfiguration:
         self._dispose_timeout = 10.0
         self._per_workflow_order = True
         self._applied_limit = 100
+        self._timeout_polling = TimeoutPolling()
 
     def with_persistence(self, persistence: Persistence) -> Self:
         if not isinstance(persistence, Persistence):
@@ -473,6 +542,18 @@ class BusConfiguration:
         self._applied_limit = limit
         return self
 
+    def with_timeout_polling(
+        self,
+        *,
+        interval: float = 1.0,
+        max_interval: float = 5.0,
+        lease: timedelta = timedelta(seconds=30),
+        batch: int = 100,
+    ) -> Self:
+        """How this bus polls for due delayed messages (see ``TimeoutPolling``)."""
+        self._timeout_polling = TimeoutPolling(interval, max_interval, lease, batch)
+        return self
+
     def build(self) -> Bus:
         return Bus(
             BusSettings(
@@ -486,6 +567,7 @@ class BusConfiguration:
                 dispose_timeout=self._dispose_timeout,
                 per_workflow_order=self._per_workflow_order,
                 applied_limit=self._applied_limit,
+                timeout_polling=self._timeout_polling,
             )
         )
 

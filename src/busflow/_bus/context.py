@@ -6,6 +6,7 @@ import contextvars
 import itertools
 import uuid
 from collections.abc import Awaitable
+from datetime import datetime, timedelta
 from typing import NamedTuple, TypeVar
 
 from busflow._messages import Message, MessageAttributes
@@ -47,6 +48,8 @@ class Outgoing(NamedTuple):
     attributes: MessageAttributes
     message_id: str
     publish: bool
+    due_at: datetime | None = None
+    """When to deliver it, for a delayed message."""
 
 
 class HandlingContext:
@@ -74,7 +77,12 @@ class HandlingContext:
         self._sent = 0
 
     def outgoing(
-        self, message: Message, given: MessageAttributes | None, *, publish: bool
+        self,
+        message: Message,
+        given: MessageAttributes | None,
+        *,
+        publish: bool,
+        due_at: datetime | None = None,
     ) -> Outgoing:
         given = given or MessageAttributes()
         sticky = dict(self.incoming.sticky_attributes)
@@ -93,7 +101,7 @@ class HandlingContext:
             attributes=dict(given.attributes),
             sticky_attributes=sticky,
         )
-        return Outgoing(message, attributes, message_id, publish)
+        return Outgoing(message, attributes, message_id, publish, due_at)
 
 
 _current: contextvars.ContextVar[HandlingContext | None] = contextvars.ContextVar(
@@ -128,11 +136,29 @@ class ContextualSender:
         context = _current.get()
         return self._fallback if context is None else context.bus
 
-    async def send(self, message: Message, attributes: MessageAttributes | None = None) -> None:
-        await self._target().send(message, attributes)
+    async def send(
+        self,
+        message: Message,
+        attributes: MessageAttributes | None = None,
+        *,
+        deliver_at: datetime | None = None,
+        deliver_after: timedelta | None = None,
+    ) -> None:
+        await self._target().send(
+            message, attributes, deliver_at=deliver_at, deliver_after=deliver_after
+        )
 
-    async def publish(self, message: Message, attributes: MessageAttributes | None = None) -> None:
-        await self._target().publish(message, attributes)
+    async def publish(
+        self,
+        message: Message,
+        attributes: MessageAttributes | None = None,
+        *,
+        deliver_at: datetime | None = None,
+        deliver_after: timedelta | None = None,
+    ) -> None:
+        await self._target().publish(
+            message, attributes, deliver_at=deliver_at, deliver_after=deliver_after
+        )
 
     def __repr__(self) -> str:
         return f"ContextualSender(fallback={self._fallback!r})"

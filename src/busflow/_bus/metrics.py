@@ -25,5 +25,7 @@ class BusMetrics:
     duplicate_starts: int = 0
     """Starts refused by a uniqueness rule (``unique_running``), or whose workflow already
     exists, ignored."""
+    timeouts_ignored: int = 0
+    """Delayed messages (timeouts) that arrived once their workflow was no longer running."""
     duplicates: int = 0
     """Deliveries of a message that its workflow had applied already: not applied again."""

@@ -40,12 +40,19 @@ OUTBOX_RESCUE_AFTER = timedelta(seconds=30)
 class Dispatchable(NamedTuple):
     message: TransportMessage
     publish: bool
+    due_at: datetime | None = None
+    """When to deliver it, for a delayed message, which goes to the ``TimeoutStore``."""
 
 
 class Outlet(Protocol):
-    """Where messages leave: the bus, which tracks them and hands them to the transport."""
+    """Where messages leave: the bus, which tracks them and hands them to the transport, or
+    stores them for later."""
 
     async def deliver(self, message: TransportMessage, *, publish: bool) -> None: ...
+
+    async def schedule(
+        self, messages: Sequence[Dispatchable], sender: WorkflowState | None
+    ) -> None: ...
 
 
 def to_record(dispatchable: Dispatchable, origin: str | None, saved_at: datetime) -> OutboxMessage:
@@ -59,6 +66,7 @@ def to_record(dispatchable: Dispatchable, origin: str | None, saved_at: datetime
         sticky_attributes=dict(message.sticky_attributes),
         publish=dispatchable.publish,
         origin=origin,
+        deliver_at=dispatchable.due_at,
         saved_at=saved_at,
     )
 
@@ -72,7 +80,7 @@ def from_record(record: OutboxMessage) -> Dispatchable:
         record.attributes,
         record.sticky_attributes,
     )
-    return Dispatchable(message, record.publish)
+    return Dispatchable(message, record.publish, record.deliver_at)
 
 
 _Key = tuple[type[WorkflowState], str]
@@ -103,9 +111,16 @@ class Outbox:
         """Whether this bus dispatched the message (within its memory of the latest ones)."""
         return message_id in self._dispatched
 
-    async def dispatch(self, messages: Sequence[Dispatchable]) -> None:
-        for message, publish in messages:
-            await self._outlet.deliver(message, publish=publish)
+    async def dispatch(
+        self, messages: Sequence[Dispatchable], sender: WorkflowState | None = None
+    ) -> None:
+        """Hand ``messages`` to the transport, and store the delayed ones for later."""
+        delayed = [each for each in messages if each.due_at is not None]
+        if delayed:
+            await self._outlet.schedule(delayed, sender)
+        for message, publish, due_at in messages:
+            if due_at is None:
+                await self._outlet.deliver(message, publish=publish)
             self._dispatched[message.message_id] = None
             if len(self._dispatched) > self._remember:
                 self._dispatched.popitem(last=False)
@@ -139,7 +154,7 @@ class Outbox:
     async def dispatch_saved(self, state: WorkflowState, records: Iterable[OutboxMessage]) -> int:
         """Dispatch saved messages of ``state`` this bus has not dispatched, then clear them."""
         waiting = [record for record in records if not self.dispatched(record.message_id)]
-        await self.dispatch([from_record(record) for record in waiting])
+        await self.dispatch([from_record(record) for record in waiting], state)
         if waiting:
             self.clear_later(state, [record.message_id for record in waiting])
         return len(waiting)

@@ -18,6 +18,7 @@ from busflow._bus.ordering import Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox, to_record
 from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import WorkflowSubscriber
+from busflow._bus.timeouts import DUE_AT_ATTRIBUTE
 from busflow._errors import HandlerResultError, WorkflowConcurrencyError, WorkflowUniquenessError
 from busflow._persistence import Persistence
 from busflow._workflow import (
@@ -165,6 +166,8 @@ class WorkflowRunner:
             if applied:
                 return
         self._metrics.unmatched += 1
+        if DUE_AT_ATTRIBUTE in handling.attributes.attributes:
+            self._metrics.timeouts_ignored += 1
         self._logger.info(
             "%s: no running %s matches %s=%r; the message was ignored",
             subscriber.name,
@@ -238,6 +241,8 @@ class WorkflowRunner:
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, workflow_id: str
     ) -> None:
         self._metrics.unmatched += 1
+        if DUE_AT_ATTRIBUTE in handling.attributes.attributes:
+            self._metrics.timeouts_ignored += 1
         self._logger.info(
             "%s: workflow %s is no longer running; %s was not applied to it",
             subscriber.name,
@@ -297,10 +302,10 @@ class WorkflowRunner:
             await self._save(subscriber, handling, updated)
             self._outbox.saved(updated)
             self._keys.remember(updated, subscriber.mapped_fields)
-            await self._outbox.dispatch(outgoing)
+            await self._outbox.dispatch(outgoing, updated)
             self._outbox.clear_later(updated, [each.message.message_id for each in outgoing])
             return
-        await self._outbox.dispatch(outgoing)
+        await self._outbox.dispatch(outgoing, state)
 
     async def _save(
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, state: WorkflowState

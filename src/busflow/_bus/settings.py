@@ -7,6 +7,7 @@ from typing import Any
 
 from busflow._bus.retries import RetryPolicy
 from busflow._bus.routing import MessageHandler
+from busflow._bus.timeouts import TimeoutPolling
 from busflow._messages import Message
 from busflow._persistence import CoreDependencies, Persistence
 from busflow._transport import Transport
@@ -29,3 +30,4 @@ class BusSettings:
     dispose_timeout: float
     per_workflow_order: bool
     applied_limit: int
+    timeout_polling: TimeoutPolling

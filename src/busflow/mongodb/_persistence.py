@@ -30,6 +30,7 @@ from busflow._errors import (
 )
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, resolve_lookup
+from busflow._timeouts import ClaimedMessage, ScheduledMessage
 from busflow._uri import hosts_of, redact_uri
 from busflow._workflow import (
     MessageWorkflowMapping,
@@ -47,6 +48,7 @@ from busflow.mongodb._documents import (
     collection_name_for,
     encode_value,
 )
+from busflow.mongodb._timeouts import TIMEOUTS_COLLECTION, ScheduledMessages
 
 __all__ = [
     "REGISTRY_COLLECTION",
@@ -211,6 +213,7 @@ class MongoPersistence:
         self._layouts: dict[type[WorkflowState], StateLayout] = {}
         self._state_type_by_collection: dict[str, type[WorkflowState]] = {}
         self._collections: dict[str, Any] = {}
+        self._scheduled_messages: ScheduledMessages | None = None
 
     def __repr__(self) -> str:
         where = redact_uri(self._uri) if self._uri is not None else type(self._client).__name__
@@ -292,6 +295,7 @@ class MongoPersistence:
             await _maybe_await(self._client.close())
             self._client = None
             self._collections.clear()
+            self._scheduled_messages = None
 
     # the protocol
 
@@ -405,6 +409,38 @@ class MongoPersistence:
                 f"{layout.collection}: clearing the outbox of workflow {workflow_id} failed: "
                 f"{error}"
             ) from error
+
+    # TimeoutStore: messages to deliver later, in busflow_timeouts
+
+    async def schedule_messages(self, messages: Sequence[ScheduledMessage]) -> None:
+        try:
+            await self._scheduled().schedule(messages)
+        except PyMongoError as error:
+            raise self._timeouts_error("storing messages for later", error) from error
+
+    async def claim_due_messages(
+        self, now: datetime, *, owner: str, lease: timedelta, limit: int
+    ) -> list[ClaimedMessage]:
+        try:
+            return await self._scheduled().claim(now, owner, lease, limit)
+        except PyMongoError as error:
+            raise self._timeouts_error("claiming due messages", error) from error
+
+    async def remove_claimed_message(self, claimed: ClaimedMessage) -> None:
+        try:
+            await self._scheduled().remove(claimed)
+        except PyMongoError as error:
+            raise self._timeouts_error("removing a delivered message", error) from error
+
+    def _scheduled(self) -> ScheduledMessages:
+        if self._scheduled_messages is None:
+            self._scheduled_messages = ScheduledMessages(self._collection(TIMEOUTS_COLLECTION))
+        return self._scheduled_messages
+
+    def _timeouts_error(self, what: str, error: PyMongoError) -> PersistenceError:
+        if isinstance(error, ConnectionFailure):
+            return self._connection_error(what, TIMEOUTS_COLLECTION, error)
+        return PersistenceError(f"{TIMEOUTS_COLLECTION}: {what} failed: {error}")
 
     # helpers
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from busflow import (
     Bus,
+    ClaimedMessage,
     CoreDependencies,
     InvalidLookupValueError,
     Message,
@@ -23,6 +24,9 @@ from busflow import (
     MessageWorkflowMapping,
     OutboxMessage,
     Persistence,
+    ScheduledMessage,
+    TimeoutStore,
+    TransportMessage,
     Workflow,
     WorkflowConcurrencyError,
     WorkflowMapper,
@@ -173,6 +177,63 @@ class CounterWorkflow(Workflow[ContractCounter]):
         return self.complete_workflow()
 
 
+class Armed(Message):
+    message_name = "busflow-contract.Armed"
+    key: str
+    seconds: float
+
+
+class Expired(Message):
+    message_name = "busflow-contract.Expired"
+    key: str
+
+
+class Disarmed(Message):
+    message_name = "busflow-contract.Disarmed"
+    key: str
+
+
+class ContractAlarm(WorkflowState):
+    workflow_name = "busflow-contract/alarm"
+
+    key: str = ""
+    expired: bool = False
+
+
+BY_ALARM_KEY: MessageWorkflowMapping[Any, ContractAlarm] = MessageWorkflowMapping(
+    lambda message, _attributes: message.key, "key"
+)
+
+
+class AlarmWorkflow(Workflow[ContractAlarm]):
+    """Armed asks for a timeout addressed to itself; Expired completes it, unless Disarmed
+    completed it first."""
+
+    def __init__(self) -> None:
+        self.expiries: list[str] = []
+
+    def configure_workflow(self, mapper: WorkflowMapper[ContractAlarm]) -> None:
+        (
+            mapper.with_state(ContractAlarm)
+            .started_by(Armed, self.armed)
+            .when(Expired, self.expired)
+            .when(Disarmed, self.disarmed, BY_ALARM_KEY)
+        )
+
+    async def armed(self, message: Armed, state: ContractAlarm, _a: MessageAttributes) -> Any:
+        await self.request_timeout(
+            Expired(key=message.key), after=timedelta(seconds=message.seconds)
+        )
+        return {"key": message.key}
+
+    async def expired(self, message: Expired, state: ContractAlarm, _a: MessageAttributes) -> Any:
+        self.expiries.append(message.key)
+        return self.complete_workflow(expired=True)
+
+    async def disarmed(self, message: Disarmed, state: ContractAlarm, _a: MessageAttributes) -> Any:
+        return self.complete_workflow()
+
+
 class _Lent:
     """The contract's persistence, lent to a bus: the bus neither opens nor closes it."""
 
@@ -212,6 +273,32 @@ class _Lent:
             await clear(state_type, workflow_id, message_ids)
 
 
+class _LentTimeoutStore(_Lent):
+    """A lent persistence that also stores messages for later."""
+
+    def __init__(self, persistence: Persistence, timeouts: TimeoutStore) -> None:
+        super().__init__(persistence)
+        self._timeouts = timeouts
+
+    async def schedule_messages(self, messages: Sequence[ScheduledMessage]) -> None:
+        await self._timeouts.schedule_messages(messages)
+
+    async def claim_due_messages(
+        self, now: datetime, *, owner: str, lease: timedelta, limit: int
+    ) -> list[ClaimedMessage]:
+        return await self._timeouts.claim_due_messages(now, owner=owner, lease=lease, limit=limit)
+
+    async def remove_claimed_message(self, claimed: ClaimedMessage) -> None:
+        await self._timeouts.remove_claimed_message(claimed)
+
+
+def lent(persistence: Persistence) -> _Lent:
+    """``persistence`` for a bus that must neither open nor close it."""
+    if isinstance(persistence, TimeoutStore):
+        return _LentTimeoutStore(persistence, persistence)
+    return _Lent(persistence)
+
+
 def new_order(**fields: Any) -> ContractOrder:
     return ContractOrder.model_validate({"workflow_id": str(uuid.uuid4()), **fields}, by_name=True)
 
@@ -242,12 +329,63 @@ class PersistenceContract:
 
         return (
             Bus.configure()
-            .with_persistence(_Lent(store))
+            .with_persistence(lent(store))
             .with_workflow(workflow or CounterWorkflow())
             .with_handler(Done, on_done)
             .with_concurrency(4)
             .build()
         )
+
+    @staticmethod
+    def alarm_bus(store: Persistence, workflow: AlarmWorkflow | None = None) -> Bus:
+        """A bus on ``store`` running ``AlarmWorkflow``, polling for timeouts often."""
+        return (
+            Bus.configure()
+            .with_persistence(lent(store))
+            .with_workflow(workflow or AlarmWorkflow())
+            .with_concurrency(8)
+            .with_timeout_polling(interval=0.05, max_interval=0.2)
+            .build()
+        )
+
+    @staticmethod
+    async def alarms(store: Persistence, keys: Sequence[str]) -> list[ContractAlarm]:
+        found: list[ContractAlarm] = []
+        for key in keys:
+            found += await store.get_workflow_state(
+                ContractAlarm, BY_ALARM_KEY, Disarmed(key=key), ATTRIBUTES, True
+            )
+        return found
+
+    async def until_complete(
+        self,
+        store: Persistence,
+        keys: Sequence[str],
+        *workflows: AlarmWorkflow,
+        within: float = 20,
+    ) -> list[ContractAlarm]:
+        """The alarms once all are complete; fails if that takes longer than ``within`` s.
+
+        With ``workflows`` given, it waits for their handlers to have seen every key before
+        it reads the store, which spares a slow store hundreds of lookups a second.
+        """
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            seen = {key for workflow in workflows for key in workflow.expiries}
+            if not workflows or seen >= set(keys):
+                alarms = await self.alarms(store, keys)
+                if len(alarms) == len(keys) and all(
+                    alarm.workflow_status == WorkflowStatus.COMPLETE for alarm in alarms
+                ):
+                    return alarms
+            assert asyncio.get_running_loop().time() < deadline, "the timeouts did not all fire"
+            await asyncio.sleep(0.1)
+
+    @staticmethod
+    def timeout_store(store: Persistence) -> TimeoutStore:
+        if not isinstance(store, TimeoutStore):
+            pytest.skip(f"{type(store).__name__} is not a TimeoutStore (it is optional)")
+        return store
 
     @staticmethod
     async def counters(store: Persistence, key: str) -> list[ContractCounter]:
@@ -663,3 +801,133 @@ class PersistenceContract:
         assert counter.workflow_status == WorkflowStatus.COMPLETE
         assert len(done) >= 1
         assert {message_id for message_id, _ in done} == {done[0][0]}
+
+    # timeouts: messages delivered later, stored by a persistence that is a TimeoutStore
+
+    async def test_a_workflow_that_asked_for_a_timeout_completes_when_it_arrives(
+        self, store: Persistence
+    ) -> None:
+        self.timeout_store(store)
+        workflow = AlarmWorkflow()
+        async with self.alarm_bus(store, workflow) as bus:
+            await bus.send(Armed(key="a", seconds=1.0))
+            await bus.wait_until_idle(timeout=10)
+            [waiting] = await self.alarms(store, ["a"])
+            [alarm] = await self.until_complete(store, ["a"])
+
+        assert waiting.workflow_status == WorkflowStatus.RUNNING
+        assert alarm.expired is True
+        assert workflow.expiries == ["a"]
+
+    async def test_a_timeout_fires_on_a_new_bus_after_the_old_one_is_gone(
+        self, store: Persistence
+    ) -> None:
+        self.timeout_store(store)
+        async with self.alarm_bus(store) as first:
+            await first.send(Armed(key="a", seconds=0.5))
+            await first.wait_until_idle(timeout=10)
+        [waiting] = await self.alarms(store, ["a"])
+
+        async with self.alarm_bus(store):
+            [alarm] = await self.until_complete(store, ["a"])
+
+        assert waiting.workflow_status == WorkflowStatus.RUNNING
+        assert alarm.expired is True
+
+    async def test_two_buses_on_one_store_deliver_each_timeout_once(
+        self, store: Persistence
+    ) -> None:
+        self.timeout_store(store)
+        keys = [f"t-{n}" for n in range(500)]
+        one, two = AlarmWorkflow(), AlarmWorkflow()
+        async with self.alarm_bus(store, one) as first, self.alarm_bus(store, two) as second:
+            for n, key in enumerate(keys):
+                await (first if n % 2 else second).send(Armed(key=key, seconds=0.5))
+            await self.until_complete(store, keys, one, two, within=90)
+        delivered = one.expiries + two.expiries
+
+        assert sorted(delivered) == sorted(keys), "each timeout is delivered exactly once"
+
+    async def test_timeouts_leased_by_a_bus_that_died_are_delivered_after_the_lease(
+        self, store: Persistence
+    ) -> None:
+        timeouts = self.timeout_store(store)
+        keys = [f"t-{n}" for n in range(5)]
+        async with self.alarm_bus(store) as first:
+            for key in keys:
+                await first.send(Armed(key=key, seconds=0.2))
+            await first.wait_until_idle(timeout=10)
+        await asyncio.sleep(0.3)
+        # A bus claims them with a lease of its own, then dies without delivering them.
+        grabbed = await timeouts.claim_due_messages(
+            datetime.now(UTC), owner="a-bus-that-died", lease=timedelta(seconds=1), limit=10
+        )
+        claimed_at = asyncio.get_running_loop().time()
+
+        async with self.alarm_bus(store) as second:
+            alarms = await self.until_complete(store, keys)
+            delivered_after = asyncio.get_running_loop().time() - claimed_at
+
+        assert len(grabbed) == len(keys)
+        assert all(alarm.expired for alarm in alarms)
+        assert delivered_after >= 0.9, "nobody delivers a leased timeout before its lease ends"
+        assert second.metrics.duplicates == 0
+
+    async def completed(self, store: Persistence, keys: Sequence[str]) -> list[ContractAlarm]:
+        return [
+            alarm
+            for alarm in await self.alarms(store, keys)
+            if alarm.workflow_status == WorkflowStatus.COMPLETE
+        ]
+
+    async def test_a_timeout_for_a_completed_workflow_is_ignored_and_counted(
+        self, store: Persistence
+    ) -> None:
+        self.timeout_store(store)
+        workflow = AlarmWorkflow()
+        async with self.alarm_bus(store, workflow) as bus:
+            await bus.send(Armed(key="a", seconds=0.3))
+            await bus.wait_until_idle(timeout=10)
+            await bus.send(Disarmed(key="a"))
+            await bus.wait_until_idle(timeout=10)
+            for _ in range(100):
+                if bus.metrics.timeouts_ignored:
+                    break
+                await asyncio.sleep(0.05)
+        [alarm] = await self.alarms(store, ["a"])
+
+        assert bus.metrics.timeouts_ignored == 1
+        assert workflow.expiries == []
+        assert alarm.expired is False
+
+    async def test_a_message_scheduled_twice_under_one_id_is_stored_once(
+        self, store: Persistence
+    ) -> None:
+        timeouts = self.timeout_store(store)
+        scheduled = ScheduledMessage(
+            TransportMessage(Expired.message_name, "once", b'{"key":"a"}'),
+            publish=False,
+            due_at=datetime.now(UTC) - timedelta(seconds=1),
+        )
+        await timeouts.schedule_messages([scheduled])
+        await timeouts.schedule_messages([scheduled])
+
+        claimed = await timeouts.claim_due_messages(
+            datetime.now(UTC), owner="me", lease=timedelta(seconds=30), limit=10
+        )
+        again = await timeouts.claim_due_messages(
+            datetime.now(UTC), owner="other", lease=timedelta(seconds=30), limit=10
+        )
+        for each in claimed:
+            await timeouts.remove_claimed_message(each)
+        after = await timeouts.claim_due_messages(
+            datetime.now(UTC) + timedelta(minutes=1),
+            owner="me",
+            lease=timedelta(seconds=30),
+            limit=10,
+        )
+
+        assert [each.scheduled.message.message_id for each in claimed] == ["once"]
+        assert claimed[0].scheduled.message.body == b'{"key":"a"}'
+        assert again == [], "a leased message is not claimed by another bus"
+        assert after == [], "a delivered message is removed"
