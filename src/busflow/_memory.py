@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, TypeVar
 
 from busflow._errors import ConfigurationError, WorkflowConcurrencyError
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, resolve_lookup
+from busflow._values import store_state
 from busflow._workflow import (
     MessageWorkflowMapping,
     WorkflowState,
@@ -25,20 +25,8 @@ S = TypeVar("S", bound=WorkflowState)
 
 
 def _stored_copy(state: WorkflowState, *, version: int) -> WorkflowState:
-    """A copy of ``state`` as a database would keep it: datetimes to the millisecond."""
-    data = _to_milliseconds(state.model_dump())
-    data["workflow_version"] = version
-    return type(state).model_validate(data, by_alias=False, by_name=True)
-
-
-def _to_milliseconds(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.replace(microsecond=value.microsecond // 1000 * 1000)
-    if isinstance(value, dict):
-        return {key: _to_milliseconds(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return type(value)(_to_milliseconds(item) for item in value)
-    return value
+    """A copy of ``state`` as MongoDB would give it back; see ``busflow._values``."""
+    return store_state(state, version=version, where=type(state).workflow_name).read_back
 
 
 class InMemoryPersistence:
@@ -96,6 +84,7 @@ class InMemoryPersistence:
 
     async def save_workflow_state(self, state: WorkflowState) -> None:
         table = self._table(type(state))
+        stored_copy = _stored_copy(state, version=state.workflow_version + 1)
         await asyncio.sleep(0)
         name = type(state).workflow_name
         stored = table.get(state.workflow_id)
@@ -117,7 +106,7 @@ class InMemoryPersistence:
                 workflow_id=state.workflow_id,
                 expected_version=expected,
             )
-        table[state.workflow_id] = _stored_copy(state, version=expected + 1)
+        table[state.workflow_id] = stored_copy
         self._logger.debug(
             "save_workflow_state %s %s: version %d", name, state.workflow_id, expected + 1
         )

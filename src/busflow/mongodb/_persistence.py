@@ -31,6 +31,7 @@ from busflow._errors import (
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, resolve_lookup
 from busflow._uri import hosts_of, redact_uri
+from busflow._values import stored_scalar
 from busflow._workflow import (
     MessageWorkflowMapping,
     WorkflowState,
@@ -44,7 +45,7 @@ from busflow.mongodb._documents import (
     VERSION,
     StateLayout,
     collection_name_for,
-    encode_value,
+    to_bson,
 )
 
 __all__ = [
@@ -332,7 +333,7 @@ class MongoPersistence:
         if value is None:
             return []
         key = layout.key_for(mapping.maps_to)
-        query: dict[str, Any] = {key: {"$eq": encode_value(value, key)}}
+        query: dict[str, Any] = {key: {"$eq": to_bson(stored_scalar(value))}}
         if not include_completed:
             query[STATUS] = WorkflowStatus.RUNNING.value
         try:

@@ -14,23 +14,29 @@ persistence::
             yield store
             await store.dispose()
 
-Needs pytest and pytest-asyncio (``pip install busflow[test]``).
+Needs pytest, pytest-asyncio and hypothesis (``pip install busflow[test]``).
 """
 
 from busflow.testing._persistence_contract import (
     Address,
     ContractMessage,
     ContractOrder,
+    ContractTypes,
     ContractValues,
+    Level,
     PersistenceContract,
     Priority,
+    Shape,
 )
 
 __all__ = [
     "Address",
     "ContractMessage",
     "ContractOrder",
+    "ContractTypes",
     "ContractValues",
+    "Level",
     "PersistenceContract",
     "Priority",
+    "Shape",
 ]

@@ -6,15 +6,20 @@ import asyncio
 import enum
 import logging
 import uuid
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from ipaddress import IPv4Address, IPv6Network
+from pathlib import PurePosixPath
+from typing import Any, Literal
 
 import pytest
-from pydantic import BaseModel, Field
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, Field, HttpUrl
 
 from busflow import (
     InvalidLookupValueError,
+    InvalidStateValueError,
     Message,
     MessageAttributes,
     MessageWorkflowMapping,
@@ -28,9 +33,12 @@ __all__ = [
     "Address",
     "ContractMessage",
     "ContractOrder",
+    "ContractTypes",
     "ContractValues",
+    "Level",
     "PersistenceContract",
     "Priority",
+    "Shape",
 ]
 
 
@@ -78,6 +86,48 @@ class ContractValues(WorkflowState):
     counts: dict[int, str] = Field(default_factory=dict)
 
 
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Shape(enum.Enum):
+    """An enum whose values are tuples: kept as lists, which it cannot read back."""
+
+    SQUARE = (1, 1)
+    WIDE = (2, 1)
+
+
+class ContractTypes(WorkflowState):
+    """A state with a field of each kind of type pydantic serializes, for the value tables."""
+
+    workflow_name = "busflow-contract/types"
+
+    key: str = ""
+    duration: timedelta = timedelta(0)
+    clock: time | None = None
+    day: date | None = None
+    at: datetime | None = None
+    amount: Decimal | None = None
+    reference: uuid.UUID | None = None
+    raw: bytes = b""
+    priority: Priority = Priority.LOW
+    level: Level = Level.LOW
+    ip: IPv4Address | None = None
+    network: IPv6Network | None = None
+    url: HttpUrl | None = None
+    path: PurePosixPath | None = None
+    pair: tuple[int, str] | None = None
+    tags: frozenset[str] = frozenset()
+    counts: dict[int, str] = Field(default_factory=dict)
+    by_day: dict[date, int] = Field(default_factory=dict)
+    choice: Literal["yes", "no"] = "no"
+    address: Address | None = None
+    anything: dict[str, Any] = Field(default_factory=dict)
+    shape: Shape | None = None
+    mixed_keys: dict[int | str, str] = Field(default_factory=dict)
+
+
 class ContractMessage(Message):
     """A message whose ``value`` the contract's mappings look up."""
 
@@ -101,6 +151,106 @@ def new_order(**fields: Any) -> ContractOrder:
     return ContractOrder.model_validate({"workflow_id": str(uuid.uuid4()), **fields}, by_name=True)
 
 
+# The value tables
+
+
+_texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+_keys = _texts.filter(lambda key: not key.startswith("$") and "." not in key and "\x00" not in key)
+_int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_zones = st.sampled_from(
+    [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
+)
+_instants = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_zones
+).map(lambda moment: moment.replace(microsecond=moment.microsecond // 1000 * 1000))
+_decimals = st.one_of(
+    [
+        st.decimals(places=places, min_value=-(10**20), max_value=10**20, allow_nan=False)
+        for places in (0, 2, 9)
+    ]
+)
+_json_like = st.recursive(
+    st.none() | st.booleans() | _int64 | st.floats(allow_nan=False) | _texts,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_keys, children, max_size=3),
+    max_leaves=8,
+)
+_anything = st.dictionaries(
+    _keys, _json_like | _instants | _decimals | st.uuids() | st.binary(max_size=8), max_size=4
+)
+_path_parts = _texts.filter(lambda part: part and "/" not in part and "\x00" not in part)
+
+contract_types = st.builds(
+    ContractTypes,
+    workflow_id=st.just("replaced-by-the-test"),
+    duration=st.timedeltas(min_value=timedelta(days=-(10**6)), max_value=timedelta(days=10**6)),
+    clock=st.none() | st.times(),
+    day=st.none() | st.dates(),
+    at=st.none() | _instants,
+    amount=st.none() | _decimals,
+    reference=st.none() | st.uuids(),
+    raw=st.binary(max_size=16),
+    priority=st.sampled_from(Priority),
+    level=st.sampled_from(Level),
+    ip=st.none() | st.ip_addresses(v=4),
+    network=st.none() | st.ip_addresses(v=6).map(IPv6Network),
+    url=st.none()
+    | st.sampled_from(
+        ["https://example.com/", "http://例え.jp/路径?q=1", "https://user@host.test:8443/a/b#x"]
+    ).map(HttpUrl),
+    path=st.none()
+    | st.lists(_path_parts, max_size=3).map(lambda parts: PurePosixPath("/", *parts)),
+    pair=st.none() | st.tuples(_int64, _texts),
+    tags=st.frozensets(_texts, max_size=4),
+    counts=st.dictionaries(_int64, _texts, max_size=3),
+    by_day=st.dictionaries(st.dates(), _int64, max_size=3),
+    choice=st.sampled_from(["yes", "no"]),
+    address=st.none() | st.builds(Address, street=_texts, tags=st.lists(_texts, max_size=3)),
+    anything=_anything,
+)
+"""States whose every field pydantic serializes; every persistence must give them back equal."""
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    """``{"a": {"a": ... 1}}``, ``levels`` dicts deep."""
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value  # type: ignore[no-any-return]
+
+
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
+    "a lone surrogate in text": ({"anything": {"note": "caf\udce9"}}, "anything.note"),
+    "a lone surrogate in a key": ({"anything": {"caf\udce9": 1}}, "anything['caf\\udce9']"),
+    "a lone surrogate in the workflow id": ({"workflow_id": "wf-\ud800"}, "workflow_id"),
+    "a key that starts with $": ({"anything": {"$where": "sleep(1000)"}}, "anything['$where']"),
+    "a key that holds a dot": ({"anything": {"a.b": 1}}, "anything['a.b']"),
+    "a key that holds NUL": ({"anything": {"a\x00b": 1}}, "anything['a\\x00b']"),
+    "a bad key deep inside": ({"anything": {"deep": [{"$set": 1}]}}, "anything.deep[0]['$set']"),
+    "keys 1 and '1'": ({"mixed_keys": {1: "int", "1": "str"}}, "mixed_keys['1']"),
+    "an integer of 2**64": ({"pair": (2**64, "x")}, "pair[0]"),
+    "an integer below -2**63": ({"anything": {"n": -(2**63) - 1}}, "anything.n"),
+    "a Decimal beyond Decimal128": ({"amount": Decimal("1." + "1" * 40)}, "amount"),
+    "a datetime before the year 1 in UTC": (
+        {"at": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))},
+        "at",
+    ),
+    "a datetime after 9999 in UTC": (
+        {"at": datetime(9999, 12, 31, 23, 30, tzinfo=timezone(-timedelta(hours=1)))},
+        "at",
+    ),
+    "nesting deeper than 100 levels": ({"anything": _nested(100)}, "anything" + ".a" * 99),
+    "a document over 16 MiB": ({"anything": {"big": "x" * 16 * 1024 * 1024}}, "anything"),
+    "an enum with tuple values": ({"shape": Shape.SQUARE}, "shape"),
+    "an enum in a field typed Any": ({"anything": {"p": Priority.HIGH}}, "anything.p"),
+    "a tuple in a field typed Any": ({"anything": {"t": (1, 2)}}, "anything.t"),
+    "a timedelta in a field typed Any": ({"anything": {"d": timedelta(days=1)}}, "anything.d"),
+    "a date in a field typed Any": ({"anything": {"d": date(2026, 1, 1)}}, "anything.d"),
+    "a value pydantic cannot serialize": ({"anything": {"o": object()}}, "anything.o"),
+}
+"""Values that every persistence refuses with ``InvalidStateValueError`` on saving: the
+changes to a state, and the path of the field the error names."""
+
+
 class PersistenceContract:
     """Tests every persistence must pass. Override the ``persistence`` fixture."""
 
@@ -113,6 +263,11 @@ class PersistenceContract:
         await persistence.initialize_workflow(ContractOrder, [BY_ORDER_ID, BY_CUSTOMER])
         await persistence.initialize_workflow(ContractValues, [BY_KEY])
         return persistence
+
+    @pytest.fixture
+    async def types_store(self, store: Persistence) -> Persistence:
+        await store.initialize_workflow(ContractTypes, [BY_KEY])
+        return store
 
     async def find(
         self,
@@ -386,6 +541,68 @@ class PersistenceContract:
         [stored] = await self.find(store, BY_KEY, "zone", state_type=ContractValues)
 
         assert stored.at == plus_two
+
+    # what a state may hold: the same on every persistence
+
+    @settings(
+        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(state=contract_types)
+    async def test_any_value_pydantic_serializes_comes_back_equal(
+        self, types_store: Persistence, state: ContractTypes
+    ) -> None:
+        state = state.model_copy(
+            update={"workflow_id": str(uuid.uuid4()), "key": str(uuid.uuid4())}
+        )
+
+        await types_store.save_workflow_state(state)
+        [stored] = await self.find(types_store, BY_KEY, state.key, state_type=ContractTypes)
+
+        assert stored == state.model_copy(update={"workflow_version": 1})
+
+    async def test_a_state_whose_defaults_bson_lacks_starts_and_comes_back(
+        self, types_store: Persistence
+    ) -> None:
+        """``duration: timedelta = timedelta(0)`` once made every start of its workflow fail."""
+        state = ContractTypes(workflow_id=str(uuid.uuid4()), key="defaults")
+
+        await types_store.save_workflow_state(state)
+        [stored] = await self.find(types_store, BY_KEY, "defaults", state_type=ContractTypes)
+
+        assert stored.duration == timedelta(0)
+        assert stored == state.model_copy(update={"workflow_version": 1})
+
+    async def test_nesting_of_a_hundred_levels_is_kept(self, types_store: Persistence) -> None:
+        deepest = _nested(99)  # in the field: 100 levels counting the document itself
+        state = ContractTypes(workflow_id=str(uuid.uuid4()), key="deep", anything=deepest)
+
+        await types_store.save_workflow_state(state)
+        [stored] = await self.find(types_store, BY_KEY, "deep", state_type=ContractTypes)
+
+        assert stored.anything == deepest
+
+    @pytest.mark.parametrize(("changes", "field"), REFUSED.values(), ids=list(REFUSED))
+    async def test_a_value_that_cannot_be_kept_is_refused_before_anything_is_written(
+        self, types_store: Persistence, changes: dict[str, Any], field: str
+    ) -> None:
+        key = str(uuid.uuid4())
+        valid = ContractTypes(workflow_id=str(uuid.uuid4()), key=key)
+        await types_store.save_workflow_state(valid)
+        [stored] = await self.find(types_store, BY_KEY, key, state_type=ContractTypes)
+        attempts = {
+            "a new workflow": valid.model_copy(update={"workflow_id": str(uuid.uuid4())}),
+            "an update": stored,
+            "an update at a stale version": stored.model_copy(update={"workflow_version": 7}),
+        }
+
+        for attempt, state in attempts.items():
+            with pytest.raises(InvalidStateValueError) as raised:
+                await types_store.save_workflow_state(state.model_copy(update=changes))
+            assert raised.value.field == field, attempt
+            assert f"field {field!r}" in str(raised.value)
+            assert str(raised.value).endswith("Nothing was written.")
+
+        assert await self.find(types_store, BY_KEY, key, state_type=ContractTypes) == [stored]
 
     # setup and logging
 
