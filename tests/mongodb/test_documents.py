@@ -23,6 +23,7 @@ from busflow.mongodb import MongoPersistence
 from tests.conftest import MongoBackend
 from tests.scenarios import Lookup, by
 from tests.scenarios import find as find_states
+from tests.test_memory import check_lookups_compare_as_mongodb_does
 
 
 class ShopOrder(WorkflowState):
@@ -271,3 +272,11 @@ async def test_a_field_with_only_a_serialization_alias_round_trips(
     assert found.reference == "r-1"
     raw = mongo_backend.client[mongo_backend.database]["shop_invoice"]
     assert await raw.count_documents({"ref": "r-1"}) == 1
+
+
+async def test_lookups_compare_as_mongodb_does(
+    persistence: MongoPersistence, mongo_backend: MongoBackend
+) -> None:
+    if mongo_backend.name == "mongomock":
+        pytest.skip("mongomock compares True equal to 1 and Decimal128 only by its digits")
+    await check_lookups_compare_as_mongodb_does(persistence)

@@ -31,7 +31,6 @@ from busflow._errors import (
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, resolve_lookup
 from busflow._uri import hosts_of, redact_uri
-from busflow._values import stored_scalar
 from busflow._workflow import (
     MessageWorkflowMapping,
     WorkflowState,
@@ -333,7 +332,7 @@ class MongoPersistence:
         if value is None:
             return []
         key = layout.key_for(mapping.maps_to)
-        query: dict[str, Any] = {key: {"$eq": to_bson(stored_scalar(value))}}
+        query: dict[str, Any] = {key: {"$eq": to_bson(value)}}
         if not include_completed:
             query[STATUS] = WorkflowStatus.RUNNING.value
         try:

@@ -250,6 +250,38 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
 """Values that every persistence refuses with ``InvalidStateValueError`` on saving: the
 changes to a state, and the path of the field the error names."""
 
+_AT = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
+_REFERENCE = uuid.UUID("12345678-1234-5678-1234-567812345678")
+_DAY = date(2026, 2, 28)
+LOOKUPS: dict[str, tuple[str, object, object, bool]] = {
+    "an enum by its member": ("priority", Priority.HIGH, Priority.HIGH, True),
+    "an enum by its value": ("priority", Priority.HIGH, "high", True),
+    "an enum not by its name": ("priority", Priority.HIGH, "HIGH", False),
+    "an enum by another member": ("priority", Priority.HIGH, Priority.LOW, False),
+    "an int enum by its number": ("level", Level.HIGH, 2, True),
+    "a datetime with microseconds": ("at", _AT, _AT, True),
+    "a datetime in the same millisecond": ("at", _AT, _AT.replace(microsecond=123999), True),
+    "a datetime in the next millisecond": ("at", _AT, _AT.replace(microsecond=124000), False),
+    "the same instant in another zone": (
+        "at",
+        _AT,
+        _AT.astimezone(timezone(timedelta(hours=2))),
+        True,
+    ),
+    "a naive datetime, taken as UTC": ("at", _AT, _AT.replace(tzinfo=None), True),
+    "a date": ("day", _DAY, _DAY, True),
+    "a date by its midnight in UTC": ("day", _DAY, datetime(2026, 2, 28, tzinfo=UTC), True),
+    "a Decimal": ("amount", Decimal("1234.50"), Decimal("1234.50"), True),
+    "another Decimal": ("amount", Decimal("1234.50"), Decimal("1234.51"), False),
+    "a Decimal by its text": ("amount", Decimal("1234.50"), "1234.50", False),
+    "a UUID": ("reference", _REFERENCE, _REFERENCE, True),
+    "a UUID by its text": ("reference", _REFERENCE, str(_REFERENCE), False),
+    "a timedelta": ("duration", timedelta(minutes=5), timedelta(minutes=5), True),
+    "an IP address by its text": ("ip", IPv4Address("10.0.0.1"), "10.0.0.1", True),
+}
+"""Lookups that find a state on every persistence, or on none: the field, the value saved,
+the value looked up, and whether it finds the state."""
+
 
 class PersistenceContract:
     """Tests every persistence must pass. Override the ``persistence`` fixture."""
@@ -335,6 +367,37 @@ class PersistenceContract:
         [found] = await self.find(store, BY_ORDER_ID, "$ne")
         assert found.workflow_id == literal.workflow_id
         assert await self.find(store, BY_ORDER_ID, "$where") == []
+
+    @pytest.mark.parametrize(
+        ("field", "saved", "lookup", "finds"), LOOKUPS.values(), ids=list(LOOKUPS)
+    )
+    async def test_a_lookup_finds_the_same_states_on_every_persistence(
+        self, types_store: Persistence, field: str, saved: object, lookup: object, finds: bool
+    ) -> None:
+        state = ContractTypes.model_validate({"workflow_id": str(uuid.uuid4()), field: saved})
+        await types_store.save_workflow_state(state)
+
+        found = await self.find(types_store, _mapping(field), lookup, state_type=ContractTypes)
+
+        assert [each.workflow_id for each in found] == ([state.workflow_id] if finds else [])
+
+    @pytest.mark.parametrize(
+        ("mapping", "value"),
+        [
+            (BY_ORDER_ID, "caf\udce9"),
+            (BY_WORKFLOW_ID, "wf-\ud800"),
+            (BY_ORDER_ID, 2**64),
+            (BY_ORDER_ID, Decimal("1." + "1" * 40)),
+        ],
+        ids=["a lone surrogate", "a lone surrogate for an id", "2**64", "a long Decimal"],
+    )
+    async def test_a_lookup_value_no_state_may_hold_is_refused(
+        self, store: Persistence, mapping: MessageWorkflowMapping[Any, Any], value: object
+    ) -> None:
+        await store.save_workflow_state(new_order(order_id="o-1"))
+
+        with pytest.raises(InvalidLookupValueError, match=mapping.maps_to):
+            await self.find(store, mapping, value)
 
     @pytest.mark.parametrize("value", [{"$ne": None}, ["o-1"], {"$gt": ""}])
     async def test_a_structured_lookup_value_is_refused(
