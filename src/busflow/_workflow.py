@@ -192,8 +192,14 @@ def check_mapping_fields(
     *,
     owner: str,
 ) -> None:
-    """Fail with a clear error if a mapping maps to a field the state does not have."""
+    """Fail with a clear error if a mapping maps to a field the state does not have, or to
+    one that busflow sets itself (``workflow_status``, ``workflow_version``)."""
     for mapping in mappings:
+        if mapping.maps_to in ("workflow_status", "workflow_version"):
+            raise ConfigurationError(
+                f"{owner}: a mapping maps to {mapping.maps_to!r}, which busflow sets itself; "
+                "map to a field of your own, or to workflow_id"
+            )
         if mapping.maps_to not in state_type.model_fields:
             raise ConfigurationError(
                 f"{owner}: a mapping maps to {mapping.maps_to!r}, which is not a field of "

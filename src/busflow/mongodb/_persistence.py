@@ -35,6 +35,7 @@ from busflow._workflow import (
     MessageWorkflowMapping,
     WorkflowState,
     WorkflowStatus,
+    check_mapping_fields,
     check_state_type,
 )
 from busflow.mongodb._documents import (
@@ -301,6 +302,7 @@ class MongoPersistence:
     ) -> None:
         """Create the collection and busflow's indexes if missing. Never drops anything."""
         layout = self._layout(state_type)
+        check_mapping_fields(state_type, mappings, owner=layout.collection)
         options = self._options.get(state_type, WorkflowOptions())
         wanted = expected_indexes(layout, mappings, options)
         try:

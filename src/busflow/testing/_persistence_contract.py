@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field, HttpUrl
 
 from busflow import (
+    ConfigurationError,
     InvalidLookupValueError,
     InvalidStateValueError,
     Message,
@@ -668,6 +669,13 @@ class PersistenceContract:
         assert await self.find(types_store, BY_KEY, key, state_type=ContractTypes) == [stored]
 
     # setup and logging
+
+    @pytest.mark.parametrize("field", ["workflow_status", "workflow_version"])
+    async def test_a_mapping_to_a_field_busflow_sets_is_refused_at_startup(
+        self, persistence: Persistence, field: str
+    ) -> None:
+        with pytest.raises(ConfigurationError, match=field):
+            await persistence.initialize_workflow(ContractOrder, [BY_ORDER_ID, _mapping(field)])
 
     async def test_initialize_workflow_is_idempotent(self, store: Persistence) -> None:
         await store.save_workflow_state(new_order(order_id="o-1"))
