@@ -174,6 +174,50 @@ async def test_a_document_that_no_longer_fits_fails_loudly_and_is_left_alone(
     assert await raw.find_one({"_id": "wf-bad"}) == bad
 
 
+_MISSING = object()
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"_version": "3"}, "has _version '3', of type str"),
+        ({"_version": True}, "has _version True, of type bool"),
+        ({"_version": 2.0}, "has _version 2.0, of type float"),
+        ({"_version": 0}, "has _version 0, of type int"),
+        ({"_version": _MISSING}, "has no _version"),
+        ({"_status": "stuck"}, "has _status 'stuck'"),
+        ({"_status": _MISSING}, "has _status None"),
+    ],
+    ids=[
+        "_version '3'",
+        "_version true",
+        "_version 2.0",
+        "_version 0",
+        "no _version",
+        "_status 'stuck'",
+        "no _status",
+    ],
+)
+async def test_a_document_whose_version_or_status_busflow_never_wrote_fails_loudly(
+    persistence: MongoPersistence,
+    mongo_backend: MongoBackend,
+    changes: dict[str, Any],
+    named: str,
+) -> None:
+    raw = mongo_backend.client[mongo_backend.database]["shop_order"]
+    bad = {"_id": "wf-bad", "_version": 2, "_status": "running", "order_id": "o-1", **changes}
+    bad = {key: value for key, value in bad.items() if value is not _MISSING}
+    await raw.insert_one(dict(bad))
+
+    with pytest.raises(StoredStateError) as raised:
+        await find_states(persistence, ShopOrder, "order_id", "o-1", include_completed=True)
+
+    assert str(raised.value).startswith(f"shop_order: the document with _id 'wf-bad' {named};")
+    assert raised.value.collection == "shop_order"
+    assert raised.value.workflow_id == "wf-bad"
+    assert await raw.find_one({"_id": "wf-bad"}) == bad
+
+
 @pytest.mark.parametrize(
     ("value", "named"),
     [

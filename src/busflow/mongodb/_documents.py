@@ -113,6 +113,14 @@ class StateLayout:
     def from_document(self, document: Mapping[str, Any]) -> WorkflowState:
         """The state a stored document holds; raises ``StoredStateError`` if it does not fit."""
         workflow_id = document.get(ID)
+        problem = _framework_problem(document)
+        if problem is not None:
+            raise StoredStateError(
+                f"{self.collection}: the document with _id {workflow_id!r} {problem}; it was "
+                "left as it is. Fix the document, then deliver the message again.",
+                collection=self.collection,
+                workflow_id=workflow_id,
+            )
         names = self.field_names
         data = {
             names.get(key, key): decode_value(value)
@@ -137,6 +145,32 @@ class StateLayout:
                 collection=self.collection,
                 workflow_id=workflow_id,
             ) from error
+
+
+_STORED_STATUSES = (WorkflowStatus.RUNNING.value, WorkflowStatus.COMPLETE.value)
+
+
+def _framework_problem(document: Mapping[str, Any]) -> str | None:
+    """What is wrong with the keys busflow keeps in a document, if anything.
+
+    A ``_version`` that is not a whole number from 1 would never match the version a save
+    expects, so the save would be retried as a lost race for ever; it is reported instead.
+    """
+    if VERSION not in document:
+        return f"has no {VERSION}; busflow writes a whole number from 1 there"
+    version = document[VERSION]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        return (
+            f"has {VERSION} {version!r}, of type {type(version).__name__}; busflow writes a "
+            "whole number from 1 there"
+        )
+    status = document.get(STATUS)
+    if status not in _STORED_STATUSES:
+        return (
+            f"has {STATUS} {status!r}; busflow writes {' or '.join(map(repr, _STORED_STATUSES))} "
+            "there"
+        )
+    return None
 
 
 def to_bson(value: Any) -> Any:
