@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -59,6 +60,19 @@ def test_collection_names_are_readable_snake_case() -> None:
         workflow_name = "Billing/InvoiceSaga v2"
 
     assert persistence.collection_name(Saga) == "billing_invoice_saga_v2"
+
+
+def test_names_in_any_script_keep_their_letters_so_they_never_meet() -> None:
+    persistence = MongoPersistence("mongodb://localhost/", database="workflows")
+
+    class Russian(WorkflowState):
+        workflow_name = "billing/заказ"
+
+    class Chinese(WorkflowState):
+        workflow_name = "billing/订单"
+
+    assert persistence.collection_name(Russian) == "billing_заказ"
+    assert persistence.collection_name(Chinese) == "billing_订单"
 
 
 async def test_a_document_reads_plainly_in_the_shell(
@@ -265,6 +279,43 @@ async def test_a_field_stored_under_a_reserved_name_is_refused(
 
     with pytest.raises(ConfigurationError, match="_version"):
         await persistence.initialize_workflow(Clashing, [])
+
+
+async def test_a_collection_registered_to_another_workflow_name_is_refused(
+    persistence: MongoPersistence, mongo_backend: MongoBackend
+) -> None:
+    class OtherServicesOrder(WorkflowState):
+        workflow_name = "Shop-Order"  # also becomes shop_order
+
+        order_id: str = ""
+
+    other_service = MongoPersistence(client=mongo_backend.client, database=mongo_backend.database)
+
+    with pytest.raises(ConfigurationError) as raised:
+        await other_service.initialize_workflow(OtherServicesOrder, [by("order_id")])
+
+    message = str(raised.value)
+    assert message.startswith("shop_order: busflow_workflows registers this collection to ")
+    assert "'shop/order'" in message
+    assert "'Shop-Order' (OtherServicesOrder)" in message
+    registry = mongo_backend.client[mongo_backend.database]["busflow_workflows"]
+    entry = await registry.find_one({"_id": "shop_order"})
+    assert entry is not None
+    assert entry["workflow_name"] == "shop/order"
+
+
+async def test_another_process_may_register_the_same_workflow(mongo_backend: MongoBackend) -> None:
+    services = [
+        MongoPersistence(client=mongo_backend.client, database=mongo_backend.database)
+        for _ in range(3)
+    ]
+
+    await asyncio.gather(
+        *(service.initialize_workflow(ShopOrder, [by("order_id")]) for service in services)
+    )
+
+    registry = mongo_backend.client[mongo_backend.database]["busflow_workflows"]
+    assert await registry.count_documents({"workflow_name": "shop/order"}) == 1
 
 
 async def test_two_state_types_may_not_share_a_collection(persistence: MongoPersistence) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,9 +51,14 @@ __all__ = [
 
 
 def collection_name_for(workflow_name: str, prefix: str = "") -> str:
-    """``"shop/order"`` becomes ``shop_order``; ``"Shop/OrderSaga"`` becomes ``shop_order_saga``."""
-    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", workflow_name)
-    snake = re.sub(r"[^0-9A-Za-z]+", "_", snake).strip("_").lower()
+    """``"shop/order"`` becomes ``shop_order`` and ``"Shop/OrderSaga"`` ``shop_order_saga``.
+
+    Letters and digits of every script are kept, as MongoDB allows them: ``"billing/заказ"``
+    becomes ``billing_заказ`` and ``"billing/订单"`` ``billing_订单``. Names that still meet
+    (``"shop/order"`` and ``"shop-order"``) are told apart by the registry at startup.
+    """
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", unicodedata.normalize("NFC", workflow_name))
+    snake = re.sub(r"[\W_]+", "_", snake).strip("_").lower()
     if not snake:
         raise ConfigurationError(f"workflow_name {workflow_name!r} gives no collection name")
     return f"{prefix}{snake}"

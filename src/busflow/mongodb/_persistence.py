@@ -306,9 +306,9 @@ class MongoPersistence:
         options = self._options.get(state_type, WorkflowOptions())
         wanted = expected_indexes(layout, mappings, options)
         try:
+            await self._register(layout, wanted)
             await self._ensure_collection(layout.collection)
             await self._ensure_indexes(layout.collection, wanted)
-            await self._register(layout, wanted)
         except ConnectionFailure as error:
             raise self._connection_error("initialize_workflow", layout.collection, error) from error
         except (OperationFailure, CollectionInvalid) as error:
@@ -479,18 +479,38 @@ class MongoPersistence:
         )
 
     async def _register(self, layout: StateLayout, wanted: list[ExpectedIndex]) -> None:
-        """Record the state type and its expected indexes for operators (``busflow inspect``)."""
+        """Record the state type and its expected indexes for operators (``busflow inspect``).
+
+        The registry also keeps two workflows out of one collection: a collection registered
+        to another ``workflow_name`` (by any process) is refused, naming both.
+        """
+        workflow_name = layout.state_type.workflow_name
         entry = {
             ID: layout.collection,
-            "workflow_name": layout.state_type.workflow_name,
+            "workflow_name": workflow_name,
             "state_type": f"{layout.state_type.__module__}.{layout.state_type.__qualname__}",
             "fields": {name: key for name, key in layout.keys.items()},
             "indexes": [index.describe() for index in wanted],
             "registered_at": datetime.now(UTC),
         }
-        await self.database[REGISTRY_COLLECTION].replace_one(
-            {ID: layout.collection}, entry, upsert=True
-        )
+        registry = self.database[REGISTRY_COLLECTION]
+        mine = {ID: layout.collection, "workflow_name": workflow_name}
+        try:
+            await registry.replace_one(mine, entry, upsert=True)
+        except DuplicateKeyError:  # the collection is registered, and not to this name
+            other = await registry.find_one({ID: layout.collection})
+            registered = None if other is None else other.get("workflow_name")
+            if registered != workflow_name:
+                raise ConfigurationError(
+                    f"{layout.collection}: {REGISTRY_COLLECTION} registers this collection to "
+                    f"workflow_name {registered!r}, so {workflow_name!r} "
+                    f"({layout.state_type.__name__}) "
+                    "cannot keep its workflows there too; give one of them another "
+                    "workflow_name, or this persistence a collection_prefix. If "
+                    f"{registered!r} is no longer used, delete its entry: "
+                    f"db.{REGISTRY_COLLECTION}.deleteOne({{_id: {layout.collection!r}}})"
+                ) from None
+            await registry.replace_one(mine, entry, upsert=True)  # it was registered meanwhile
 
     def _duplicate_error(
         self, layout: StateLayout, state: WorkflowState, error: DuplicateKeyError
