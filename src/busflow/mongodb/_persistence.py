@@ -30,7 +30,7 @@ from busflow._errors import (
 )
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, resolve_lookup
-from busflow._uri import hosts_of, redact_uri
+from busflow._uri import hosts_of, mask_password, redact_uri
 from busflow._workflow import (
     MessageWorkflowMapping,
     WorkflowState,
@@ -169,6 +169,31 @@ def expected_indexes(
     return indexes
 
 
+def _database_name_problem(name: str) -> str | None:
+    """Why MongoDB would refuse ``name`` for a database, if it would."""
+    if not name:
+        return "no database name given; pass database=..."
+    forbidden = sorted(set(name) & set('/\\. "$\x00'))
+    if forbidden:
+        return (
+            f"the database name {name!r} holds {', '.join(map(repr, forbidden))}, which "
+            "MongoDB does not allow there; choose another name"
+        )
+    if len(name.encode(errors="surrogatepass")) >= 64:
+        return f"the database name {name!r} is 64 bytes or more; MongoDB allows 63"
+    return None
+
+
+def _prefix_problem(prefix: str) -> str | None:
+    """Why MongoDB would refuse collection names that start with ``prefix``, if it would."""
+    if "$" in prefix or "\x00" in prefix or ".." in prefix or prefix.startswith((".", "system.")):
+        return (
+            f"the collection_prefix {prefix!r} would give collection names MongoDB refuses "
+            "(with '$', NUL or '..', or starting with '.' or 'system.'); choose another prefix"
+        )
+    return None
+
+
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
@@ -198,8 +223,9 @@ class MongoPersistence:
             raise ConfigurationError(
                 "MongoPersistence needs a connection string or a client, not both"
             )
-        if not database:
-            raise ConfigurationError("MongoPersistence needs a database name")
+        for problem in (_database_name_problem(database), _prefix_problem(collection_prefix)):
+            if problem is not None:
+                raise ConfigurationError(f"MongoPersistence: {problem}")
         self._uri = uri
         self._client = client
         self._owns_client = client is None
@@ -221,13 +247,19 @@ class MongoPersistence:
         """The MongoDB client; made on first use from the connection string."""
         if self._client is None:
             assert self._uri is not None
-            self._client = AsyncMongoClient(
-                self._uri,
-                serverSelectionTimeoutMS=int(self._connect_timeout * 1000),
-                tz_aware=True,
-                uuidRepresentation="standard",
-                appname="busflow",
-            )
+            try:
+                self._client = AsyncMongoClient(
+                    self._uri,
+                    serverSelectionTimeoutMS=int(self._connect_timeout * 1000),
+                    tz_aware=True,
+                    uuidRepresentation="standard",
+                    appname="busflow",
+                )
+            except (PyMongoError, ValueError, TypeError) as error:  # the driver's own checks
+                raise ConfigurationError(
+                    f"bad MongoDB connection string {redact_uri(self._uri)}: "
+                    f"{mask_password(str(error), self._uri)}"
+                ) from None
         return self._client
 
     @property
