@@ -116,10 +116,9 @@ def store_state(state: WorkflowState, *, version: int, where: str) -> StoredStat
     sizes: dict[str, int] = {}
     converted: list[str] = []
     for key, value in state.model_dump(by_alias=True).items():
-        field = fields.get(key)
-        if field is None:  # one of the framework's fields
+        if key in FRAMEWORK_KEYS:
             continue
-        name, key_size = field
+        name, key_size = fields.get(key, (key, None))  # not a field: an extra (extra="allow")
         walk.exact = True
         try:
             key_size = _key_size(key) if key_size is None else key_size  # raises, if None

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from busflow import (
     ConfigurationError,
@@ -644,6 +644,23 @@ class PersistenceContract:
         [stored] = await self.find(types_store, BY_KEY, "deep", state_type=ContractTypes)
 
         assert stored.anything == deepest
+
+    async def test_extra_fields_of_a_state_that_allows_them_come_back(
+        self, store: Persistence
+    ) -> None:
+        class Open(WorkflowState):
+            model_config = ConfigDict(extra="allow")
+            workflow_name = "busflow-contract/open"
+
+            key: str = ""
+
+        await store.initialize_workflow(Open, [BY_KEY])
+        state = Open.model_validate({"workflow_id": str(uuid.uuid4()), "key": "k", "note": [1]})
+
+        await store.save_workflow_state(state)
+        [stored] = await self.find(store, BY_KEY, "k", state_type=Open)
+
+        assert stored.model_extra == {"note": [1]}
 
     @pytest.mark.parametrize(("changes", "field"), REFUSED.values(), ids=list(REFUSED))
     async def test_a_value_that_cannot_be_kept_is_refused_before_anything_is_written(
