@@ -111,34 +111,37 @@ def store_state(state: WorkflowState, *, version: int, where: str) -> StoredStat
     state_type = type(state)
     fields = _stored_fields(state_type)
     walk = _Walk()
+    walk.size = _framework_size(state, version, where)
     values: dict[str, Any] = {}
     by_name: dict[str, Any] = {}
-    sizes: dict[str, int] = {}
     converted: list[str] = []
+    largest, largest_size = "workflow_id", 0
     for key, value in state.model_dump(by_alias=True).items():
-        if key in FRAMEWORK_KEYS:
-            continue
-        name, key_size = fields.get(key, (key, None))  # not a field: an extra (extra="allow")
+        field = fields.get(key)
+        if field is None:
+            if key in FRAMEWORK_KEYS:
+                continue
+            field = (key, None)  # an extra field, of a model with extra="allow"
+        name, key_size = field
+        before = walk.size
         walk.exact = True
         try:
-            key_size = _key_size(key) if key_size is None else key_size  # raises, if None
-            walk.size = key_size
+            walk.size += _key_size(key) if key_size is None else key_size
             try:
                 stored = walk.value(value, _MISSING, 2)
             except _NeedsJsonError as needs:
-                walk.size = key_size
+                walk.size = before + (key_size or 0)
                 stored = walk.value(value, _json_field(state, name, key, needs), 2)
         except _RefusalError as refusal:
             raise refusal.error(where, state.workflow_id, name) from None
         values[key] = by_name[name] = stored
-        sizes[name] = walk.size
         if not walk.exact:
             converted.append(name)
-    size = _framework_size(state, version, where) + sum(sizes.values())
-    if size > MAX_DOCUMENT_BYTES:
-        largest = max(sizes, key=sizes.__getitem__, default="workflow_id")
+        if walk.size - before > largest_size:
+            largest, largest_size = name, walk.size - before
+    if walk.size > MAX_DOCUMENT_BYTES:
         raise _RefusalError(
-            f"the state would be a {size:,}-byte document, over MongoDB's "
+            f"the state would be a {walk.size:,}-byte document, over MongoDB's "
             f"{MAX_DOCUMENT_BYTES:,}-byte limit, and this is its largest field; keep large "
             "data elsewhere and store a reference to it"
         ).error(where, state.workflow_id, largest)
@@ -148,7 +151,7 @@ def store_state(state: WorkflowState, *, version: int, where: str) -> StoredStat
     read_back = _read_back(state_type, by_name, where, state.workflow_id)
     for name in converted:
         _check_comes_back(getattr(read_back, name), getattr(state, name), where, state, name)
-    return StoredState(values, read_back, size)
+    return StoredState(values, read_back, walk.size)
 
 
 @functools.cache
@@ -273,7 +276,7 @@ class _Walk:
     def value(self, value: Any, json: Any, depth: int) -> Any:
         kind = type(value)
         if kind is str:
-            self.size += _string_size(value)
+            self.size += len(value) + 5 if value.isascii() else _string_size(value)
             return value
         if kind is int:
             self.size += _int_size(value)
@@ -496,16 +499,17 @@ def _index_keys_size(count: int) -> int:
     return size
 
 
+_FRAMEWORK_BYTES: Final = 5 + sum(len(key) + 2 for key in (ID, VERSION, STATUS, UPDATED_AT)) + 8
+"""A document's length and terminator, busflow's own keys, and ``_updated_at``'s datetime."""
+
+
 def _framework_size(state: WorkflowState, version: int, where: str) -> int:
-    """The size of a document's length, terminator and busflow's own keys."""
+    """The size of a document but for the state's own fields."""
     try:
-        id_size = _string_size(state.workflow_id)
+        size = _FRAMEWORK_BYTES + _string_size(state.workflow_id)
     except _RefusalError as refusal:
         raise refusal.error(where, state.workflow_id, "workflow_id") from None
-    size = 5 + len(ID) + 2 + id_size
-    size += len(VERSION) + 2 + _int_size(version)
-    size += len(STATUS) + 2 + _string_size(state.workflow_status.value)
-    size += len(UPDATED_AT) + 2 + 8
+    size += _int_size(version) + _string_size(state.workflow_status.value)
     if state.workflow_status is WorkflowStatus.COMPLETE:
         size += len(COMPLETED_AT) + 2 + 8
     return size

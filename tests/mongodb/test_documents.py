@@ -62,17 +62,36 @@ def test_collection_names_are_readable_snake_case() -> None:
     assert persistence.collection_name(Saga) == "billing_invoice_saga_v2"
 
 
-def test_names_in_any_script_keep_their_letters_so_they_never_meet() -> None:
-    persistence = MongoPersistence("mongodb://localhost/", database="workflows")
+class RussianOrder(WorkflowState):
+    workflow_name = "billing/заказ"
 
-    class Russian(WorkflowState):
-        workflow_name = "billing/заказ"
+    total: int = 0
 
-    class Chinese(WorkflowState):
-        workflow_name = "billing/订单"
 
-    assert persistence.collection_name(Russian) == "billing_заказ"
-    assert persistence.collection_name(Chinese) == "billing_订单"
+class ChineseOrder(WorkflowState):
+    workflow_name = "billing/订单"
+
+    total: int = 0
+
+
+async def test_names_in_any_script_keep_their_letters_so_two_services_never_meet(
+    mongo_backend: MongoBackend,
+) -> None:
+    russian, chinese = (
+        MongoPersistence(client=mongo_backend.client, database=mongo_backend.database)
+        for _ in range(2)
+    )
+    assert russian.collection_name(RussianOrder) == "billing_заказ"
+    assert chinese.collection_name(ChineseOrder) == "billing_订单"
+
+    await russian.initialize_workflow(RussianOrder, [])
+    await chinese.initialize_workflow(ChineseOrder, [])
+    await russian.save_workflow_state(RussianOrder(workflow_id="wf-1", total=1))
+    await chinese.save_workflow_state(ChineseOrder(workflow_id="wf-1", total=2))
+
+    [in_russian] = await find_states(russian, RussianOrder, "workflow_id", "wf-1")
+    [in_chinese] = await find_states(chinese, ChineseOrder, "workflow_id", "wf-1")
+    assert (in_russian.total, in_chinese.total) == (1, 2)
 
 
 async def test_a_document_reads_plainly_in_the_shell(
