@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from busflow._errors import ConfigurationError, WorkflowConcurrencyError
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, resolve_lookup
-from busflow._values import lookup_key, store_state
+from busflow._values import compares_plainly, lookup_key, store_state
 from busflow._workflow import (
     MessageWorkflowMapping,
     WorkflowState,
@@ -67,11 +67,15 @@ class InMemoryPersistence:
         await asyncio.sleep(0)
         if value is None:
             return []
-        key = lookup_key(value)
+        key, plain = lookup_key(value), compares_plainly(state_type, mapping.maps_to, value)
         found = [
             state.model_copy(deep=True)
             for state in table.values()
-            if lookup_key(getattr(state, mapping.maps_to)) == key
+            if (
+                getattr(state, mapping.maps_to) == value  # what lookup_key tells, but faster
+                if plain
+                else lookup_key(getattr(state, mapping.maps_to)) == key
+            )
             and (include_completed or state.workflow_status is WorkflowStatus.RUNNING)
         ]
         self._logger.debug(

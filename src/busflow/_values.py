@@ -34,7 +34,8 @@ import uuid
 from collections.abc import Hashable, Iterable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal, DecimalException, Inexact, InvalidOperation, Overflow
-from typing import Any, Final, NamedTuple
+from types import UnionType
+from typing import Any, Final, NamedTuple, Union, get_args, get_origin
 
 from bson.binary import Binary, UuidRepresentation
 from bson.decimal128 import Decimal128, create_decimal128_context
@@ -56,6 +57,7 @@ __all__ = [
     "VERSION",
     "StoredScalar",
     "StoredState",
+    "compares_plainly",
     "lookup_key",
     "store_state",
     "stored_keys",
@@ -86,6 +88,7 @@ _DECIMAL128 = create_decimal128_context()
 """Decimal128's precision and exponents, refusing what it would round (as ``Decimal128()`` does)."""
 _DECIMAL128.traps.update({InvalidOperation: True, Overflow: True, Inexact: True})
 _NUMBER_TYPES: Final = frozenset({int, float, Decimal})
+_PLAIN_TYPES: Final = frozenset({str, int, float, Decimal, uuid.UUID, datetime, bytes, type(None)})
 _MISSING: Final[Any] = object()
 """No JSON-mode value at hand (see ``_Walk.value``)."""
 
@@ -223,6 +226,30 @@ def lookup_key(value: object) -> Hashable:
         return object()
     kind = type(stored)
     return (Decimal if kind in _NUMBER_TYPES else kind, stored)
+
+
+def compares_plainly(state_type: type[WorkflowState], field: str, value: object) -> bool:
+    """Whether ``==`` tells, as ``lookup_key`` does, which kept values of ``field`` equal the
+    lookup ``value`` (itself a ``stored_scalar``).
+
+    It does when the field holds only ``str``, ``int``, ``float``, ``Decimal``, ``UUID``,
+    ``datetime``, ``bytes`` or ``None`` (kept states hold datetimes in UTC to the millisecond
+    already), unless ``value`` is a ``bool``, which ``==`` takes for a number. A persistence
+    that compares in Python can then compare at C speed on the fields looked up most.
+    """
+    return type(value) is not bool and _holds_plain_values(state_type, field)
+
+
+@functools.cache
+def _holds_plain_values(state_type: type[WorkflowState], field: str) -> bool:
+    info = state_type.model_fields.get(field)
+    if info is None:
+        return False
+    annotation = info.annotation
+    union = get_origin(annotation) in (Union, UnionType)
+    return all(
+        member in _PLAIN_TYPES for member in (get_args(annotation) if union else (annotation,))
+    )
 
 
 # The walk over a dumped state
