@@ -192,6 +192,7 @@ async def test_a_connection_string_the_driver_refuses_is_a_configuration_error(
         ("shop\x00", "'\\x00'"),
         ("my shop", "' '"),
         ("", "no database name"),
+        ("shop\udcff", "is not valid UTF-8"),
         ("x" * 64, "64 bytes or more"),
     ],
 )

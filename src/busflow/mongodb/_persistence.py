@@ -179,7 +179,11 @@ def _database_name_problem(name: str) -> str | None:
             f"the database name {name!r} holds {', '.join(map(repr, forbidden))}, which "
             "MongoDB does not allow there; choose another name"
         )
-    if len(name.encode(errors="surrogatepass")) >= 64:
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        return f"the database name {name!a} is not valid UTF-8"
+    if size >= 64:
         return f"the database name {name!r} is 64 bytes or more; MongoDB allows 63"
     return None
 
