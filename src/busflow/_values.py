@@ -629,9 +629,11 @@ def _difference(returned: Any, original: Any) -> tuple[list[object], Any, Any] |
         if type(returned) is not type(original) or len(returned) != len(original):
             return [], returned, original
         pairs = zip(range(len(original)), returned, original, strict=True)
-    elif isinstance(original, float) and original != original:  # NaN
-        same = isinstance(returned, float) and returned != returned
-        return None if same else ([], returned, original)
+    elif isinstance(original, set | frozenset):
+        kept = {_utc_milliseconds(x) if isinstance(x, datetime) else x for x in original}
+        return None if returned == kept else ([], returned, original)
+    elif _is_nan(original):
+        return None if _is_nan(returned) else ([], returned, original)
     else:
         return None if returned == original else ([], returned, original)
     for part, returned_item, original_item in pairs:
@@ -640,6 +642,12 @@ def _difference(returned: Any, original: Any) -> tuple[list[object], Any, Any] |
             difference[0].insert(0, part)
             return difference
     return None
+
+
+def _is_nan(value: object) -> bool:
+    return (isinstance(value, float) and value != value) or (
+        isinstance(value, Decimal) and value.is_nan()
+    )
 
 
 # Messages
