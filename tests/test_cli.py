@@ -255,14 +255,86 @@ def test_show_of_an_unknown_collection_names_the_known_ones(demo_database: DemoD
     ],
     ids=lambda args: " ".join(args) or "(no command)",
 )
-def test_bad_arguments_exit_2_with_a_usage_error(args: list[str]) -> None:
+def test_bad_arguments_exit_2_with_a_one_line_usage_error(args: list[str]) -> None:
     result = run(BUSFLOW, *args, "--uri", "mongodb://127.0.0.1:1/") if args else run(BUSFLOW)
 
     assert result.returncode == 2
     assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    assert result.stderr.startswith("usage: busflow")
-    assert "error: " in result.stderr.splitlines()[-1]
+    error = one_line_error(result)
+    assert error.startswith("busflow")
+    assert ": error: " in error
+    assert error.endswith(" --help")
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--limit", "99999999999999999999"], "'99999999999999999999' is not between 1 and "),
+        (["--limit", "2147483648"], "'2147483648' is not between 1 and 2147483647"),
+        (["--where", os.fsdecode(b"order_id=\xff")], "is not valid UTF-8"),
+        (["--id", os.fsdecode(b"\xc3(")], "is not valid UTF-8"),
+    ],
+    ids=["a limit beyond 64 bits", "a limit beyond 32 bits", "a --where value", "an --id"],
+)
+def test_a_value_no_server_could_take_is_a_one_line_usage_error(
+    args: list[str], reason: str
+) -> None:
+    result = run(BUSFLOW, "show", "demo_order", *args, "--uri", "mongodb://127.0.0.1:1/")
+
+    assert result.returncode == 2
+    assert reason in one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    ("command", "status"), [("inspect", 2), ("show", 2), ("demo", 1)], ids=lambda arg: str(arg)
+)
+def test_a_port_out_of_range_is_one_line_and_never_shows_the_password(
+    command: str, status: int
+) -> None:
+    uri = "mongodb://user:s3cret@127.0.0.1:99999/"
+    args = [command, "--uri", uri] + (["demo_order"] if command == "show" else [])
+
+    result = run(BUSFLOW, *args)
+
+    assert result.returncode == status
+    assert "s3cret" not in result.stdout + result.stderr
+    error = one_line_error(result)
+    assert "bad " in error
+    assert "Port must be an integer between 0 and 65535" in error
+
+
+@pytest.mark.parametrize(
+    "corruption",
+    [
+        {"$set": {"indexes": 5}},
+        {"$set": {"indexes": [{"name": "busflow_lookup_order_id", "key": "order_id"}]}},
+        {"$set": {"fields": ["order_id"]}},
+    ],
+    ids=["indexes not a list", "an index key not a document", "fields not a document"],
+)
+def test_a_corrupted_registry_entry_is_reported_not_a_traceback(
+    own_demo_database: DemoDatabase, corruption: dict[str, Any]
+) -> None:
+    with mongo_client(own_demo_database.uri) as client:
+        registry = client[own_demo_database.name]["busflow_workflows"]
+        registry.update_one({"_id": "demo_order"}, corruption)
+        registry.insert_one({"_id": 5, "workflow_name": ["not", "a", "name"]})
+
+    inspected = own_demo_database.busflow("inspect")
+    shown = own_demo_database.busflow("show", "demo_order", "--where", "customer=ada")
+
+    assert "Traceback" not in inspected.stderr + shown.stderr
+    assert inspected.returncode == 0, inspected.stderr
+    lines = [line.strip() for line in inspected.stdout.splitlines()]
+    assert (
+        "! busflow cannot read this entry: its _id is not a collection name; fix or delete it "
+        "(db.busflow_workflows.deleteOne({_id: 5})), and the next bus start registers its "
+        "workflow again" in lines
+    )
+    assert any(line.startswith("! busflow cannot read this entry: its ") for line in lines[3:])
+    assert lines[-1] == "2 problem(s) found; see the lines marked with !"
+    assert shown.returncode == 0, shown.stderr
+    assert parse_documents(shown.stdout) == [own_demo_database.completed]
 
 
 def test_no_server_given_is_a_one_line_error() -> None:

@@ -9,8 +9,8 @@ The tree, so that a caller can catch as broadly or as narrowly as it needs::
     │   ├── WorkflowConcurrencyError      a stale version, or a workflow that already exists
     │   │   └── WorkflowUniquenessError       another running workflow holds a unique value
     │   ├── StoredStateError              a stored document no longer fits its state model
-    │   ├── InvalidStateValueError        a state value the database cannot store
-    │   └── InvalidLookupValueError       a mapping lookup returned a value that is not a scalar
+    │   ├── InvalidStateValueError        a state value that cannot be stored faithfully
+    │   └── InvalidLookupValueError       a mapping lookup returned a value no stored one can equal
     ├── BusError                      the bus was used in a way it does not support
     │   ├── BusNotRunningError            send or publish on a bus that was disposed
     │   └── BusIdleTimeoutError           wait_until_idle timed out (also a TimeoutError)
@@ -134,16 +134,28 @@ class StoredStateError(PersistenceError):
 
 
 class InvalidStateValueError(PersistenceError):
-    """A state holds a value that the database cannot store. Nothing was written."""
+    """A state holds a value that cannot be stored faithfully. Nothing was written.
+
+    Every persistence refuses the same values (see the README's "What is stored"); ``field``
+    is the path to the value, such as ``notes['$where']`` or ``history[1].street``.
+    """
+
+    def __init__(self, message: str, *, collection: str, workflow_id: str, field: str) -> None:
+        super().__init__(message)
+        self.collection = collection
+        self.workflow_id = workflow_id
+        self.field = field
 
     retryable = False
 
 
 class InvalidLookupValueError(PersistenceError):
-    """A mapping's lookup returned a dict, list or other non-scalar value.
+    """A mapping's lookup returned a value that no stored value can equal.
 
-    Lookup values come from messages, so they are only ever compared by equality; a
-    structured value is refused rather than risk it being read as a query.
+    That is a dict, list or model, or a value no state may hold (text with a lone surrogate,
+    an integer beyond 64 bits). Lookup values come from messages, so they are only ever
+    compared by equality; a structured value is refused rather than risk it being read as a
+    query.
     """
 
     retryable = False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from busflow._errors import WorkflowConcurrencyError
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, resolve_lookup
 from busflow._timeouts import ClaimedMessage, ScheduledMessage
+from busflow._values import lookup_key, store_state
 from busflow._workflow import (
     MessageWorkflowMapping,
     StateTypesByName,
@@ -28,25 +28,16 @@ S = TypeVar("S", bound=WorkflowState)
 
 
 def _stored_copy(state: WorkflowState, *, version: int) -> WorkflowState:
-    """A copy of ``state`` as a database would keep it: datetimes to the millisecond."""
-    data = _to_milliseconds(state.model_dump())
-    data["workflow_version"] = version
-    return type(state).model_validate(data, by_alias=False, by_name=True)
-
-
-def _to_milliseconds(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.replace(microsecond=value.microsecond // 1000 * 1000)
-    if isinstance(value, dict):
-        return {key: _to_milliseconds(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return type(value)(_to_milliseconds(item) for item in value)
-    return value
+    """A copy of ``state`` as MongoDB would give it back; see ``busflow._values``."""
+    return store_state(state, version=version, where=type(state).workflow_name).read_back
 
 
 @dataclass
 class _Table:
-    """One state type's states, with an index per field that a mapping looks up."""
+    """One state type's states, with an index per field that a mapping looks up.
+
+    The index is keyed on ``lookup_key``, which compares values as MongoDB does.
+    """
 
     states: dict[str, WorkflowState] = field(default_factory=dict)
     indexes: dict[str, dict[Hashable, set[str]]] = field(default_factory=dict)
@@ -57,45 +48,35 @@ class _Table:
         entries: dict[Hashable, set[str]] = {}
         self.indexes[field_name] = entries
         for state in self.states.values():
-            _add(entries, getattr(state, field_name), state.workflow_id)
+            entries.setdefault(lookup_key(getattr(state, field_name)), set()).add(state.workflow_id)
 
-    def candidates(self, field_name: str, value: object) -> Iterable[WorkflowState]:
-        """The states whose ``field_name`` may equal ``value``."""
+    def find(self, field_name: str, value: object) -> Iterable[WorkflowState]:
+        """The states whose ``field_name`` equals ``value``, as MongoDB compares them."""
         if field_name == "workflow_id":
             found = self.states.get(value) if isinstance(value, str) else None
             return () if found is None else (found,)
+        key = lookup_key(value)
         entries = self.indexes.get(field_name)
-        if entries is None:
-            return list(self.states.values())
-        try:
-            ids = entries.get(value, ())
-        except TypeError:  # an unhashable value equals no stored scalar
-            return ()
-        return [self.states[workflow_id] for workflow_id in ids]
+        if entries is None:  # a field no mapping named: look at every state
+            return [
+                state
+                for state in self.states.values()
+                if lookup_key(getattr(state, field_name)) == key
+            ]
+        return [self.states[workflow_id] for workflow_id in entries.get(key, ())]
 
     def store(self, state: WorkflowState) -> None:
         old = self.states.get(state.workflow_id)
         for field_name, entries in self.indexes.items():
             if old is not None:
-                _discard(entries, getattr(old, field_name), old.workflow_id)
-            _add(entries, getattr(state, field_name), state.workflow_id)
+                old_key = lookup_key(getattr(old, field_name))
+                ids = entries.get(old_key)
+                if ids is not None:
+                    ids.discard(old.workflow_id)
+                    if not ids:
+                        del entries[old_key]
+            entries.setdefault(lookup_key(getattr(state, field_name)), set()).add(state.workflow_id)
         self.states[state.workflow_id] = state
-
-
-def _add(entries: dict[Hashable, set[str]], value: object, workflow_id: str) -> None:
-    with contextlib.suppress(TypeError):  # a list or dict: no lookup value can equal it
-        entries.setdefault(value, set()).add(workflow_id)
-
-
-def _discard(entries: dict[Hashable, set[str]], value: object, workflow_id: str) -> None:
-    try:
-        ids = entries.get(value)
-    except TypeError:
-        return
-    if ids is not None:
-        ids.discard(workflow_id)
-        if not ids:
-            del entries[value]
 
 
 def _fresh_copy(state: S) -> S:
@@ -191,9 +172,8 @@ class InMemoryPersistence:
         field_name = mapping.maps_to
         found = [
             _fresh_copy(state)
-            for state in table.candidates(field_name, value)
-            if getattr(state, field_name) == value
-            and (include_completed or state.workflow_status is WorkflowStatus.RUNNING)
+            for state in table.find(field_name, value)
+            if include_completed or state.workflow_status is WorkflowStatus.RUNNING
         ]
         if self._logger.isEnabledFor(logging.DEBUG):
             self._logger.debug(
@@ -207,6 +187,7 @@ class InMemoryPersistence:
 
     async def save_workflow_state(self, state: WorkflowState) -> None:
         table = self._table(type(state))
+        stored_copy = _stored_copy(state, version=state.workflow_version + 1)
         await asyncio.sleep(0)
         name = type(state).workflow_name
         stored = table.states.get(state.workflow_id)
@@ -228,7 +209,7 @@ class InMemoryPersistence:
                 workflow_id=state.workflow_id,
                 expected_version=expected,
             )
-        table.store(_stored_copy(state, version=expected + 1))
+        table.store(stored_copy)
         if self._logger.isEnabledFor(logging.DEBUG):
             self._logger.debug(
                 "save_workflow_state %s %s: version %d", name, state.workflow_id, expected + 1

@@ -11,13 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from decimal import Decimal
 from typing import Any, Protocol, TypeVar, runtime_checkable
-from uuid import UUID
 
 from busflow._errors import InvalidLookupValueError
 from busflow._messages import Message, MessageAttributes
+from busflow._values import StoredScalar, stored_scalar
 from busflow._workflow import MessageWorkflowMapping, WorkflowState
 
 __all__ = ["CoreDependencies", "Persistence"]
@@ -79,8 +77,8 @@ class Persistence(Protocol):
         """
 
 
-LookupValue = str | int | float | Decimal | UUID | datetime | date
-"""What a lookup may return: a scalar, compared by equality (``bool`` is an ``int``)."""
+LookupValue = StoredScalar
+"""What a lookup gives a persistence to compare: a scalar, as stored values are kept."""
 
 
 def resolve_lookup(
@@ -90,16 +88,21 @@ def resolve_lookup(
     *,
     where: str,
 ) -> LookupValue | None:
-    """Run a mapping's lookup and refuse a value that could be read as a query.
+    """Run a mapping's lookup and give its value as stored values are kept.
 
     Persistences call this so that every one treats a lookup alike: ``None`` means "no
-    workflow", a scalar is compared by equality, and anything else (a dict, a list, a model
-    taken from a message) raises ``InvalidLookupValueError`` naming ``where`` and the field.
+    workflow", and a scalar is normalised by the rules in ``busflow._values`` (an enum to its
+    value, a datetime to UTC to the millisecond) to be compared by equality. Anything else (a
+    dict, a list, a model taken from a message, or a value no state may hold) raises
+    ``InvalidLookupValueError`` naming ``where`` and the field.
     """
     value = mapping.lookup(message, attributes)
-    if value is None or isinstance(value, LookupValue):
-        return value
-    raise InvalidLookupValueError(
-        f"{where}: the lookup for {mapping.maps_to!r} on {type(message).__name__} returned a "
-        f"{type(value).__name__}; lookups must return a scalar such as a str or None"
-    )
+    if value is None:
+        return None
+    try:
+        return stored_scalar(value)
+    except ValueError as refused:
+        raise InvalidLookupValueError(
+            f"{where}: the lookup for {mapping.maps_to!r} on {type(message).__name__} returned "
+            f"{refused}"
+        ) from None

@@ -243,14 +243,23 @@ class StateTypesByName:
             )
 
 
+_SET_BY_BUSFLOW = ("workflow_status", "workflow_version", "workflow_applied", "workflow_outbox")
+
+
 def check_mapping_fields(
     state_type: type[WorkflowState],
     mappings: Sequence[MessageWorkflowMapping[Any, Any]],
     *,
     owner: str,
 ) -> None:
-    """Fail with a clear error if a mapping maps to a field the state does not have."""
+    """Fail with a clear error if a mapping maps to a field the state does not have, or to
+    one that busflow sets itself (``workflow_status``, ``workflow_version``, the record)."""
     for mapping in mappings:
+        if mapping.maps_to in _SET_BY_BUSFLOW:
+            raise ConfigurationError(
+                f"{owner}: a mapping maps to {mapping.maps_to!r}, which busflow sets itself; "
+                "map to a field of your own, or to workflow_id"
+            )
         if mapping.maps_to not in state_type.model_fields:
             raise ConfigurationError(
                 f"{owner}: a mapping maps to {mapping.maps_to!r}, which is not a field of "

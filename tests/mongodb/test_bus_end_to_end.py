@@ -94,3 +94,22 @@ async def test_two_buses_on_one_database_share_workflows_safely(
     assert one.dead_letters == two.dead_letters == []
     if mongo_backend.name == "wire":
         assert one.metrics.conflicts + two.metrics.conflicts > 0
+
+
+async def test_a_document_with_a_version_busflow_never_wrote_is_dead_lettered_not_retried(
+    mongo_backend: MongoBackend,
+) -> None:
+    carts = mongo_backend.client[mongo_backend.database]["scenario_cart"]
+    await carts.insert_one(
+        {"_id": "wf-edited", "_version": "3", "_status": "running", "order_id": "order-x"}
+    )
+    bus = bus_on(mongo_backend)
+    async with bus:
+        await bus.publish(ItemAdded(order_id="order-x", item="item-0"))
+        await bus.wait_until_idle(timeout=10)
+
+    [dead] = bus.dead_letters
+    assert dead.error_type == "busflow.StoredStateError"
+    assert "_version '3'" in dead.error_text
+    assert dead.attempts == 1
+    assert (bus.metrics.conflicts, bus.metrics.retries) == (0, 0)

@@ -11,6 +11,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import InvalidOperation
 
 from busflow import (
+    ConfigurationError,
     PersistenceConnectionError,
     WorkflowState,
 )
@@ -157,3 +158,55 @@ def test_passwords_never_show_in_what_busflow_prints(uri: str, secret: str) -> N
     assert secret not in redact_uri(uri)
     assert secret not in repr(persistence)
     assert "db.example" in redact_uri(uri)
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("mongodb://bob:s3cret@127.0.0.1:99999/", "Port must be an integer between 0 and 65535"),
+        ("mongodb://bob:s3cret@127.0.0.1:27O17/", "Port contains non-digit characters"),
+        ("mongodb://bob:s3cret@/", "Empty host"),
+        ("http://bob:s3cret@db.example/", "Invalid URI scheme"),
+    ],
+    ids=["a port out of range", "a port with a letter", "no host", "another scheme"],
+)
+async def test_a_connection_string_the_driver_refuses_is_a_configuration_error(
+    uri: str, reason: str
+) -> None:
+    persistence = MongoPersistence(uri, database="workflows")
+
+    with pytest.raises(ConfigurationError) as raised:
+        await persistence.initialize()
+
+    message = str(raised.value)
+    assert message.startswith("bad MongoDB connection string ")
+    assert reason in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    ("database", "named"),
+    [
+        ("shop.orders", "'.'"),
+        ("shop$", "'$'"),
+        ("shop\x00", "'\\x00'"),
+        ("my shop", "' '"),
+        ("", "no database name"),
+        ("shop\udcff", "is not valid UTF-8"),
+        ("x" * 64, "64 bytes or more"),
+    ],
+)
+def test_a_database_name_mongodb_refuses_is_a_configuration_error(
+    database: str, named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"^MongoPersistence: ") as raised:
+        MongoPersistence("mongodb://bob:s3cret@127.0.0.1/", database=database)
+
+    assert named in str(raised.value)
+    assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize("prefix", ["$wf_", "wf\x00", "wf..", ".wf", "system."])
+def test_a_collection_prefix_mongodb_refuses_is_a_configuration_error(prefix: str) -> None:
+    with pytest.raises(ConfigurationError, match="collection_prefix"):
+        MongoPersistence("mongodb://127.0.0.1/", collection_prefix=prefix)

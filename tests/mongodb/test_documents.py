@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from busflow.mongodb import MongoPersistence
 from tests.conftest import MongoBackend
 from tests.scenarios import Lookup, by
 from tests.scenarios import find as find_states
+from tests.test_memory import check_lookups_compare_as_mongodb_does
 
 
 class ShopOrder(WorkflowState):
@@ -58,6 +60,38 @@ def test_collection_names_are_readable_snake_case() -> None:
         workflow_name = "Billing/InvoiceSaga v2"
 
     assert persistence.collection_name(Saga) == "billing_invoice_saga_v2"
+
+
+class RussianOrder(WorkflowState):
+    workflow_name = "billing/заказ"
+
+    total: int = 0
+
+
+class ChineseOrder(WorkflowState):
+    workflow_name = "billing/订单"
+
+    total: int = 0
+
+
+async def test_names_in_any_script_keep_their_letters_so_two_services_never_meet(
+    mongo_backend: MongoBackend,
+) -> None:
+    russian, chinese = (
+        MongoPersistence(client=mongo_backend.client, database=mongo_backend.database)
+        for _ in range(2)
+    )
+    assert russian.collection_name(RussianOrder) == "billing_заказ"
+    assert chinese.collection_name(ChineseOrder) == "billing_订单"
+
+    await russian.initialize_workflow(RussianOrder, [])
+    await chinese.initialize_workflow(ChineseOrder, [])
+    await russian.save_workflow_state(RussianOrder(workflow_id="wf-1", total=1))
+    await chinese.save_workflow_state(ChineseOrder(workflow_id="wf-1", total=2))
+
+    [in_russian] = await find_states(russian, RussianOrder, "workflow_id", "wf-1")
+    [in_chinese] = await find_states(chinese, ChineseOrder, "workflow_id", "wf-1")
+    assert (in_russian.total, in_chinese.total) == (1, 2)
 
 
 async def test_a_document_reads_plainly_in_the_shell(
@@ -175,6 +209,50 @@ async def test_a_document_that_no_longer_fits_fails_loudly_and_is_left_alone(
     assert await raw.find_one({"_id": "wf-bad"}) == bad
 
 
+_MISSING = object()
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"_version": "3"}, "has _version '3', of type str"),
+        ({"_version": True}, "has _version True, of type bool"),
+        ({"_version": 2.0}, "has _version 2.0, of type float"),
+        ({"_version": 0}, "has _version 0, of type int"),
+        ({"_version": _MISSING}, "has no _version"),
+        ({"_status": "stuck"}, "has _status 'stuck'"),
+        ({"_status": _MISSING}, "has _status None"),
+    ],
+    ids=[
+        "_version '3'",
+        "_version true",
+        "_version 2.0",
+        "_version 0",
+        "no _version",
+        "_status 'stuck'",
+        "no _status",
+    ],
+)
+async def test_a_document_whose_version_or_status_busflow_never_wrote_fails_loudly(
+    persistence: MongoPersistence,
+    mongo_backend: MongoBackend,
+    changes: dict[str, Any],
+    named: str,
+) -> None:
+    raw = mongo_backend.client[mongo_backend.database]["shop_order"]
+    bad = {"_id": "wf-bad", "_version": 2, "_status": "running", "order_id": "o-1", **changes}
+    bad = {key: value for key, value in bad.items() if value is not _MISSING}
+    await raw.insert_one(dict(bad))
+
+    with pytest.raises(StoredStateError) as raised:
+        await find_states(persistence, ShopOrder, "order_id", "o-1", include_completed=True)
+
+    assert str(raised.value).startswith(f"shop_order: the document with _id 'wf-bad' {named};")
+    assert raised.value.collection == "shop_order"
+    assert raised.value.workflow_id == "wf-bad"
+    assert await raw.find_one({"_id": "wf-bad"}) == bad
+
+
 @pytest.mark.parametrize(
     ("value", "named"),
     [
@@ -222,6 +300,43 @@ async def test_a_field_stored_under_a_reserved_name_is_refused(
 
     with pytest.raises(ConfigurationError, match="_version"):
         await persistence.initialize_workflow(Clashing, [])
+
+
+async def test_a_collection_registered_to_another_workflow_name_is_refused(
+    persistence: MongoPersistence, mongo_backend: MongoBackend
+) -> None:
+    class OtherServicesOrder(WorkflowState):
+        workflow_name = "Shop-Order"  # also becomes shop_order
+
+        order_id: str = ""
+
+    other_service = MongoPersistence(client=mongo_backend.client, database=mongo_backend.database)
+
+    with pytest.raises(ConfigurationError) as raised:
+        await other_service.initialize_workflow(OtherServicesOrder, [by("order_id")])
+
+    message = str(raised.value)
+    assert message.startswith("shop_order: busflow_workflows registers this collection to ")
+    assert "'shop/order'" in message
+    assert "'Shop-Order' (OtherServicesOrder)" in message
+    registry = mongo_backend.client[mongo_backend.database]["busflow_workflows"]
+    entry = await registry.find_one({"_id": "shop_order"})
+    assert entry is not None
+    assert entry["workflow_name"] == "shop/order"
+
+
+async def test_another_process_may_register_the_same_workflow(mongo_backend: MongoBackend) -> None:
+    services = [
+        MongoPersistence(client=mongo_backend.client, database=mongo_backend.database)
+        for _ in range(3)
+    ]
+
+    await asyncio.gather(
+        *(service.initialize_workflow(ShopOrder, [by("order_id")]) for service in services)
+    )
+
+    registry = mongo_backend.client[mongo_backend.database]["busflow_workflows"]
+    assert await registry.count_documents({"workflow_name": "shop/order"}) == 1
 
 
 async def test_two_state_types_may_not_share_a_collection(persistence: MongoPersistence) -> None:
@@ -273,3 +388,11 @@ async def test_a_field_with_only_a_serialization_alias_round_trips(
     assert found.reference == "r-1"
     raw = mongo_backend.client[mongo_backend.database]["shop_invoice"]
     assert await raw.count_documents({"ref": "r-1"}) == 1
+
+
+async def test_lookups_compare_as_mongodb_does(
+    persistence: MongoPersistence, mongo_backend: MongoBackend
+) -> None:
+    if mongo_backend.name == "mongomock":
+        pytest.skip("mongomock compares True equal to 1 and Decimal128 only by its digits")
+    await check_lookups_compare_as_mongodb_does(persistence)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
 from bson import json_util
 from bson.binary import UuidRepresentation
@@ -12,6 +15,7 @@ __all__ = [
     "PROGRAM",
     "RELAXED_JSON",
     "CommandError",
+    "CommandParser",
     "add_demo_arguments",
     "positive_seconds",
 ]
@@ -32,6 +36,24 @@ class CommandError(Exception):
     def __init__(self, message: str, exit_status: int = 1) -> None:
         super().__init__(message)
         self.exit_status = exit_status
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, as every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+    def parse_command_line(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
+        """Parse ``argv`` (by default the command line), refusing an argument that is not
+        valid UTF-8: it reaches Python with lone surrogates, which no query or name can hold."""
+        arguments = sys.argv[1:] if argv is None else list(argv)
+        for text in arguments:
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                self.error(f"the argument {text!a} is not valid UTF-8; pass text in UTF-8")
+        return self.parse_args(arguments)
 
 
 def positive_seconds(text: str) -> float:

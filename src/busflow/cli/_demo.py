@@ -45,7 +45,7 @@ from busflow import (
     WorkflowMapper,
     WorkflowState,
 )
-from busflow.cli._common import RELAXED_JSON, add_demo_arguments
+from busflow.cli._common import RELAXED_JSON, CommandParser, add_demo_arguments
 from busflow.mongodb import (
     EmbeddedServer,
     MongoPersistence,
@@ -436,11 +436,11 @@ def run(arguments: argparse.Namespace, *, program: str = "busflow demo") -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python examples/order_saga.py [--uri URI] [--database DB]``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="order_saga.py", description=__doc__.split("\n\n", 1)[0] if __doc__ else None
     )
     add_demo_arguments(parser)
-    return run(parser.parse_args(argv), program="order_saga")
+    return run(parser.parse_command_line(argv), program="order_saga")
 
 
 if __name__ == "__main__":

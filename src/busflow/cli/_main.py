@@ -37,6 +37,7 @@ from busflow.cli._common import (
     PROGRAM,
     RELAXED_JSON,
     CommandError,
+    CommandParser,
     add_demo_arguments,
     positive_seconds,
 )
@@ -96,7 +97,7 @@ def connect(arguments: argparse.Namespace) -> Iterator[Server]:
             uuidRepresentation="standard",
             appname="busflow-cli",
         )
-    except ConfigurationError as error:
+    except (ConfigurationError, ValueError, TypeError) as error:  # the driver's own checks
         raise CommandError(f"bad connection string {redact_uri(uri)}: {error}", 2) from None
     hosts = hosts_of(uri)
     with client:
@@ -180,7 +181,18 @@ def inspect_collection(
     outbox_age: timedelta,
 ) -> CollectionReport:
     """The report on one registered workflow collection."""
-    name = str(entry.get(ID))
+    problem = registry_entry_problem(entry)
+    if problem is not None:
+        return CollectionReport(
+            [
+                f"{entry.get(ID)!r}  (an entry of {REGISTRY_COLLECTION})",
+                f"  ! busflow cannot read this entry: {problem}; fix or delete it "
+                f"(db.{REGISTRY_COLLECTION}.deleteOne({{_id: {entry.get(ID)!r}}})), and the "
+                "next bus start registers its workflow again",
+            ],
+            problems=1,
+        )
+    name = str(entry[ID])
     report = CollectionReport(
         [
             f"{name}  (workflow {entry.get('workflow_name', '?')}, "
@@ -259,6 +271,26 @@ def report_waiting_outboxes(
         "worker next handles the workflow: check that its queue has a running worker"
     )
     return 1
+
+
+def registry_entry_problem(entry: Mapping[str, Any]) -> str | None:
+    """What keeps busflow from reading an entry of the registry (one edited by hand, say)."""
+    if not isinstance(entry.get(ID), str) or not entry[ID]:
+        return f"its {ID} is not a collection name"
+    indexes = entry.get("indexes", [])
+    if not isinstance(indexes, list) or not all(
+        isinstance(index, Mapping)
+        and isinstance(index.get("name"), str)
+        and isinstance(index.get("key"), Mapping)
+        for index in indexes
+    ):
+        return "its indexes are not a list of documents, each with a name and a key"
+    fields = entry.get("fields", {})
+    if not isinstance(fields, Mapping) or not all(
+        isinstance(name, str) and isinstance(key, str) for name, key in fields.items()
+    ):
+        return "its fields are not a document of field names and stored keys"
+    return None
 
 
 def _lookup_keys(entry: Mapping[str, Any]) -> list[str]:
@@ -358,7 +390,8 @@ def show(arguments: argparse.Namespace) -> int:
                 f"no collection {name!r} in database {database.name!r} at {server.hosts}; "
                 f"its workflow collections are: {', '.join(sorted(known)) or 'none'}"
             )
-        stored_keys: Mapping[str, str] = (entry or {}).get("fields") or {}
+        readable = entry is not None and registry_entry_problem(entry) is None
+        stored_keys: Mapping[str, str] = entry.get("fields", {}) if entry and readable else {}
         query = build_query(arguments, stored_keys)
         collection = database[name]
         matching = collection.count_documents(query)
@@ -403,13 +436,17 @@ def _field_equals_value(text: str) -> tuple[str, str]:
     return field, value
 
 
-def _positive_int(text: str) -> int:
+MAX_LIMIT = 2**31 - 1
+"""The largest ``--limit``: a 32-bit integer, which every server takes as a find's limit."""
+
+
+def _limit(text: str) -> int:
     try:
         number = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 1 or more")
+    if not 1 <= number <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 1 and {MAX_LIMIT}")
     return number
 
 
@@ -423,15 +460,15 @@ def demo(arguments: argparse.Namespace) -> int:
 # The parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog=PROGRAM,
         description="Look at busflow's workflow state in MongoDB (read-only), or run the demo.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
-    server = argparse.ArgumentParser(add_help=False)
+    server = CommandParser(add_help=False)
     server.add_argument(
         "--uri", help="MongoDB connection string (default: the MONGODB_URI environment variable)"
     )
@@ -486,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only workflows with this status",
     )
     show_parser.add_argument(
-        "--limit", type=_positive_int, default=20, help="documents to print (default: 20)"
+        "--limit", type=_limit, default=20, help="documents to print (default: 20)"
     )
     show_parser.set_defaults(command=show)
 
@@ -509,7 +546,7 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``busflow`` console script; returns the exit status."""
-    arguments = build_parser().parse_args(argv)
+    arguments = build_parser().parse_command_line(argv)
     command: Callable[[argparse.Namespace], int] = arguments.command
     uri: str | None = getattr(arguments, "uri", None) or os.environ.get("MONGODB_URI")
     try:
@@ -526,6 +563,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (``busflow show ... | head``): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as error:  # a bug: still one line, never a traceback
+        message = f"unexpected {type(error).__name__}: {error}; please report this as a bug"
+        status = 1
     print(f"{PROGRAM}: {mask_password(message, uri)}", file=sys.stderr)
     return status
 

@@ -1,59 +1,65 @@
 """How a workflow state becomes a MongoDB document, and back.
 
-The persistence converts values itself, at this boundary, so that they round-trip whatever
-codec options a client has (PyMongo's defaults are ``tz_aware=False`` and no UUID
-representation; mongomock-motor takes no codec options at all).
+What a state may hold, and how each value is kept, is defined once in ``busflow._values``, for
+every persistence; this module puts kept values into BSON's types and takes them out again. It
+converts values itself, at this boundary, so that they round-trip whatever codec options a
+client has (PyMongo's defaults are ``tz_aware=False`` and no UUID representation;
+mongomock-motor takes no codec options at all).
 """
 
 from __future__ import annotations
 
-import enum
 import functools
 import re
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import bson
 from bson.binary import Binary, UuidRepresentation
 from bson.decimal128 import Decimal128
-from bson.errors import InvalidDocument
 from bson.int64 import Int64
-from bson.objectid import ObjectId
 from pydantic import ValidationError
 
-from busflow._errors import ConfigurationError, InvalidStateValueError, StoredStateError
+from busflow._errors import ConfigurationError, StoredStateError
+from busflow._values import (
+    COMPLETED_AT,
+    FRAMEWORK_KEYS,
+    ID,
+    RECORD_KEYS,
+    STATUS,
+    UPDATED_AT,
+    VERSION,
+    store_state,
+    stored_keys,
+)
 from busflow._workflow import WorkflowState, WorkflowStatus
 
-MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
-"""MongoDB's limit on one document (``maxBsonObjectSize``)."""
-
-ID, VERSION, STATUS, UPDATED_AT, COMPLETED_AT, APPLIED, OUTBOX = (
-    "_id",
-    "_version",
-    "_status",
-    "_updated_at",
-    "_completed_at",
-    "_applied",
-    "_outbox",
-)
-FRAMEWORK_KEYS = {
-    "workflow_id": ID,
-    "workflow_version": VERSION,
-    "workflow_status": STATUS,
-    "workflow_applied": APPLIED,
-    "workflow_outbox": OUTBOX,
-}
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+__all__ = [
+    "COMPLETED_AT",
+    "ID",
+    "STATUS",
+    "UPDATED_AT",
+    "VERSION",
+    "StateLayout",
+    "collection_name_for",
+    "decode_value",
+    "to_bson",
+]
 
 
 def collection_name_for(workflow_name: str, prefix: str = "") -> str:
-    """``"shop/order"`` becomes ``shop_order``; ``"Shop/OrderSaga"`` becomes ``shop_order_saga``."""
-    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", workflow_name)
-    snake = re.sub(r"[^0-9A-Za-z]+", "_", snake).strip("_").lower()
+    """``"shop/order"`` becomes ``shop_order`` and ``"Shop/OrderSaga"`` ``shop_order_saga``.
+
+    Letters and digits of every script are kept, as MongoDB allows them: ``"billing/заказ"``
+    becomes ``billing_заказ`` and ``"billing/订单"`` ``billing_订单``. Names that still meet
+    (``"shop/order"`` and ``"shop-order"``) are told apart by the registry at startup.
+    """
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", unicodedata.normalize("NFC", workflow_name))
+    snake = re.sub(r"[\W_]+", "_", snake).strip("_").lower()
     if not snake:
         raise ConfigurationError(f"workflow_name {workflow_name!r} gives no collection name")
     return f"{prefix}{snake}"
@@ -70,19 +76,19 @@ class StateLayout:
 
     @classmethod
     def of(cls, state_type: type[WorkflowState], collection: str) -> StateLayout:
-        keys = dict(FRAMEWORK_KEYS)
-        for name, field in state_type.model_fields.items():
-            if name in FRAMEWORK_KEYS:
-                continue
-            key = field.serialization_alias or field.alias or name
-            if key.startswith(("_", "$")) or "." in key or "\x00" in key:
+        keys = stored_keys(state_type)
+        for name, key in keys.items():
+            if (
+                name not in FRAMEWORK_KEYS
+                and name not in RECORD_KEYS
+                and (key.startswith(("_", "$")) or "." in key or "\x00" in key)
+            ):
                 raise ConfigurationError(
                     f"{state_type.__name__}.{name} would be stored as {key!r}; stored names "
                     "may not start with '_' or '$' (reserved for busflow and MongoDB) or "
                     "contain '.'; give the field another name or alias"
                 )
-            keys[name] = key
-        return cls(state_type, collection, keys)
+        return cls(state_type, collection, dict(keys))
 
     @functools.cached_property
     def field_names(self) -> dict[str, str]:
@@ -100,28 +106,30 @@ class StateLayout:
 
     def to_document(self, state: WorkflowState, *, version: int, now: datetime) -> dict[str, Any]:
         """The document to store for ``state`` at ``version``; raises before any write."""
-        fields = state.model_dump(mode="python", by_alias=True, exclude=set(FRAMEWORK_KEYS))
+        stored = store_state(state, version=version, where=self.collection)
         document: dict[str, Any] = {
             ID: state.workflow_id,
             VERSION: version,
             STATUS: state.workflow_status.value,
             UPDATED_AT: now,
-            APPLIED: list(state.workflow_applied),
-            OUTBOX: [
-                encode_value(record.model_dump(), OUTBOX, self.collection, state.workflow_id)
-                for record in state.workflow_outbox
-            ],
         }
         if state.workflow_status is WorkflowStatus.COMPLETE:
             document[COMPLETED_AT] = now
-        for key, value in fields.items():
-            document[key] = encode_value(value, key, self.collection, state.workflow_id)
-        self._check_size(document, state.workflow_id)
+        for key, value in stored.values.items():
+            document[key] = to_bson(value)
         return document
 
     def from_document(self, document: Mapping[str, Any]) -> WorkflowState:
         """The state a stored document holds; raises ``StoredStateError`` if it does not fit."""
         workflow_id = document.get(ID)
+        problem = _framework_problem(document)
+        if problem is not None:
+            raise StoredStateError(
+                f"{self.collection}: the document with _id {workflow_id!r} {problem}; it was "
+                "left as it is. Fix the document, then deliver the message again.",
+                collection=self.collection,
+                workflow_id=workflow_id,
+            )
         names = self.field_names
         data = {
             names.get(key, key): decode_value(value)
@@ -131,8 +139,9 @@ class StateLayout:
         data["workflow_id"] = workflow_id
         data["workflow_version"] = document.get(VERSION)
         data["workflow_status"] = document.get(STATUS)
-        data["workflow_applied"] = document.get(APPLIED, [])
-        data["workflow_outbox"] = decode_value(document.get(OUTBOX, []))
+        for name, key in RECORD_KEYS.items():
+            if key in document:
+                data[name] = decode_value(document[key])
         try:
             return self.state_type.model_validate(data, by_alias=True, by_name=True)
         except ValidationError as error:
@@ -149,83 +158,46 @@ class StateLayout:
                 workflow_id=workflow_id,
             ) from error
 
-    def _check_size(self, document: dict[str, Any], workflow_id: str) -> None:
-        try:
-            size = len(bson.encode(document))
-        except (InvalidDocument, OverflowError) as error:  # encode_value should prevent these
-            raise InvalidStateValueError(
-                f"{self.collection}: workflow {workflow_id} cannot be stored: {error}"
-            ) from error
-        if size <= MAX_DOCUMENT_BYTES:
-            return
-        largest = max(
-            (key for key in document if not key.startswith("_")),
-            key=lambda key: len(bson.encode({key: document[key]})),
-            default=ID,
+
+_STORED_STATUSES = (WorkflowStatus.RUNNING.value, WorkflowStatus.COMPLETE.value)
+
+
+def _framework_problem(document: Mapping[str, Any]) -> str | None:
+    """What is wrong with the keys busflow keeps in a document, if anything.
+
+    A ``_version`` that is not a whole number from 1 would never match the version a save
+    expects, so the save would be retried as a lost race for ever; it is reported instead.
+    """
+    if VERSION not in document:
+        return f"has no {VERSION}; busflow writes a whole number from 1 there"
+    version = document[VERSION]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        return (
+            f"has {VERSION} {version!r}, of type {type(version).__name__}; busflow writes a "
+            "whole number from 1 there"
         )
-        raise InvalidStateValueError(
-            f"{self.collection}: workflow {workflow_id} would be a {size:,}-byte document, over "
-            f"MongoDB's {MAX_DOCUMENT_BYTES:,}-byte limit; its largest field is {largest!r}. "
-            "Nothing was written."
+    status = document.get(STATUS)
+    if status not in _STORED_STATUSES:
+        return (
+            f"has {STATUS} {status!r}; busflow writes {' or '.join(map(repr, _STORED_STATUSES))} "
+            "there"
         )
-
-
-def encode_value(value: Any, path: str, collection: str = "", workflow_id: str = "") -> Any:
-    """A Python value as BSON can hold it, or ``InvalidStateValueError`` naming ``path``."""
-    if value is None or isinstance(value, (str, bool, float, bytes, ObjectId, Decimal128, Binary)):
-        return value
-    if isinstance(value, int):
-        if not _INT64_MIN <= value <= _INT64_MAX:
-            raise _invalid(collection, workflow_id, path, f"{value} does not fit in 64 bits")
-        return value
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    if isinstance(value, Decimal):
-        try:
-            return Decimal128(value)
-        except Exception as error:
-            raise _invalid(
-                collection, workflow_id, path, f"{value} is not a Decimal128: {error}"
-            ) from error
-    if isinstance(value, uuid.UUID):
-        return Binary.from_uuid(value, UuidRepresentation.STANDARD)
-    if isinstance(value, enum.Enum):
-        return encode_value(value.value, path, collection, workflow_id)
-    if isinstance(value, Mapping):
-        encoded = {}
-        for key, item in value.items():
-            name = _key_text(key)
-            if name is None or name.startswith("$") or "\x00" in name:
-                raise _invalid(
-                    collection,
-                    workflow_id,
-                    f"{path}[{key!r}]",
-                    "keys must be strings, numbers or UUIDs, and not start with '$'",
-                )
-            encoded[name] = encode_value(item, f"{path}.{name}", collection, workflow_id)
-        return encoded
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [
-            encode_value(item, f"{path}[{n}]", collection, workflow_id)
-            for n, item in enumerate(value)
-        ]
-    raise _invalid(
-        collection, workflow_id, path, f"a {type(value).__name__} cannot be stored in MongoDB"
-    )
-
-
-def _key_text(key: object) -> str | None:
-    """A dict key as BSON holds it: a string. Numbers, UUIDs and enums become their text,
-    which pydantic turns back into the key type the model declares."""
-    if isinstance(key, enum.Enum):
-        key = key.value
-    if isinstance(key, str):
-        return key
-    if isinstance(key, int | float | Decimal | uuid.UUID) and not isinstance(key, bool):
-        return str(key)
     return None
+
+
+def to_bson(value: Any) -> Any:
+    """A value as ``busflow._values`` keeps it, in BSON's types: a ``Decimal`` as Decimal128,
+    a ``UUID`` as a standard (subtype 4) binary."""
+    kind = type(value)
+    if kind is dict:
+        return {key: to_bson(item) for key, item in value.items()}
+    if kind is list:
+        return [to_bson(item) for item in value]
+    if kind is Decimal:
+        return Decimal128(value)
+    if kind is uuid.UUID:
+        return Binary.from_uuid(value, UuidRepresentation.STANDARD)
+    return value
 
 
 def decode_value(value: Any) -> Any:
@@ -247,8 +219,3 @@ def decode_value(value: Any) -> Any:
     if isinstance(value, list):
         return [decode_value(item) for item in value]
     return value
-
-
-def _invalid(collection: str, workflow_id: str, path: str, why: str) -> InvalidStateValueError:
-    where = f"{collection}: workflow {workflow_id}" if collection else "a lookup value"
-    return InvalidStateValueError(f"{where}: field {path!r}: {why}. Nothing was written.")

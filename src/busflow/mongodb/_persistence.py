@@ -31,22 +31,23 @@ from busflow._errors import (
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, resolve_lookup
 from busflow._timeouts import ClaimedMessage, ScheduledMessage
-from busflow._uri import hosts_of, redact_uri
+from busflow._uri import hosts_of, mask_password, redact_uri
+from busflow._values import OUTBOX
 from busflow._workflow import (
     MessageWorkflowMapping,
     WorkflowState,
     WorkflowStatus,
+    check_mapping_fields,
     check_state_type,
 )
 from busflow.mongodb._documents import (
     COMPLETED_AT,
     ID,
-    OUTBOX,
     STATUS,
     VERSION,
     StateLayout,
     collection_name_for,
-    encode_value,
+    to_bson,
 )
 from busflow.mongodb._timeouts import TIMEOUTS_COLLECTION, ScheduledMessages
 
@@ -171,6 +172,35 @@ def expected_indexes(
     return indexes
 
 
+def _database_name_problem(name: str) -> str | None:
+    """Why MongoDB would refuse ``name`` for a database, if it would."""
+    if not name:
+        return "no database name given; pass database=..."
+    forbidden = sorted(set(name) & set('/\\. "$\x00'))
+    if forbidden:
+        return (
+            f"the database name {name!r} holds {', '.join(map(repr, forbidden))}, which "
+            "MongoDB does not allow there; choose another name"
+        )
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        return f"the database name {name!a} is not valid UTF-8"
+    if size >= 64:
+        return f"the database name {name!r} is 64 bytes or more; MongoDB allows 63"
+    return None
+
+
+def _prefix_problem(prefix: str) -> str | None:
+    """Why MongoDB would refuse collection names that start with ``prefix``, if it would."""
+    if "$" in prefix or "\x00" in prefix or ".." in prefix or prefix.startswith((".", "system.")):
+        return (
+            f"the collection_prefix {prefix!r} would give collection names MongoDB refuses "
+            "(with '$', NUL or '..', or starting with '.' or 'system.'); choose another prefix"
+        )
+    return None
+
+
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
@@ -200,8 +230,9 @@ class MongoPersistence:
             raise ConfigurationError(
                 "MongoPersistence needs a connection string or a client, not both"
             )
-        if not database:
-            raise ConfigurationError("MongoPersistence needs a database name")
+        for problem in (_database_name_problem(database), _prefix_problem(collection_prefix)):
+            if problem is not None:
+                raise ConfigurationError(f"MongoPersistence: {problem}")
         self._uri = uri
         self._client = client
         self._owns_client = client is None
@@ -224,13 +255,19 @@ class MongoPersistence:
         """The MongoDB client; made on first use from the connection string."""
         if self._client is None:
             assert self._uri is not None
-            self._client = AsyncMongoClient(
-                self._uri,
-                serverSelectionTimeoutMS=int(self._connect_timeout * 1000),
-                tz_aware=True,
-                uuidRepresentation="standard",
-                appname="busflow",
-            )
+            try:
+                self._client = AsyncMongoClient(
+                    self._uri,
+                    serverSelectionTimeoutMS=int(self._connect_timeout * 1000),
+                    tz_aware=True,
+                    uuidRepresentation="standard",
+                    appname="busflow",
+                )
+            except (PyMongoError, ValueError, TypeError) as error:  # the driver's own checks
+                raise ConfigurationError(
+                    f"bad MongoDB connection string {redact_uri(self._uri)}: "
+                    f"{mask_password(str(error), self._uri)}"
+                ) from None
         return self._client
 
     @property
@@ -306,12 +343,13 @@ class MongoPersistence:
     ) -> None:
         """Create the collection and busflow's indexes if missing. Never drops anything."""
         layout = self._layout(state_type)
+        check_mapping_fields(state_type, mappings, owner=layout.collection)
         options = self._options.get(state_type, WorkflowOptions())
         wanted = expected_indexes(layout, mappings, options)
         try:
+            await self._register(layout, wanted)
             await self._ensure_collection(layout.collection)
             await self._ensure_indexes(layout.collection, wanted)
-            await self._register(layout, wanted)
         except ConnectionFailure as error:
             raise self._connection_error("initialize_workflow", layout.collection, error) from error
         except (OperationFailure, CollectionInvalid) as error:
@@ -337,7 +375,7 @@ class MongoPersistence:
         if value is None:
             return []
         key = layout.key_for(mapping.maps_to)
-        query: dict[str, Any] = {key: {"$eq": encode_value(value, key)}}
+        query: dict[str, Any] = {key: {"$eq": to_bson(value)}}
         if not include_completed:
             query[STATUS] = WorkflowStatus.RUNNING.value
         try:
@@ -532,18 +570,38 @@ class MongoPersistence:
         )
 
     async def _register(self, layout: StateLayout, wanted: list[ExpectedIndex]) -> None:
-        """Record the state type and its expected indexes for operators (``busflow inspect``)."""
+        """Record the state type and its expected indexes for operators (``busflow inspect``).
+
+        The registry also keeps two workflows out of one collection: a collection registered
+        to another ``workflow_name`` (by any process) is refused, naming both.
+        """
+        workflow_name = layout.state_type.workflow_name
         entry = {
             ID: layout.collection,
-            "workflow_name": layout.state_type.workflow_name,
+            "workflow_name": workflow_name,
             "state_type": f"{layout.state_type.__module__}.{layout.state_type.__qualname__}",
             "fields": {name: key for name, key in layout.keys.items()},
             "indexes": [index.describe() for index in wanted],
             "registered_at": datetime.now(UTC),
         }
-        await self.database[REGISTRY_COLLECTION].replace_one(
-            {ID: layout.collection}, entry, upsert=True
-        )
+        registry = self.database[REGISTRY_COLLECTION]
+        mine = {ID: layout.collection, "workflow_name": workflow_name}
+        try:
+            await registry.replace_one(mine, entry, upsert=True)
+        except DuplicateKeyError:  # the collection is registered, and not to this name
+            other = await registry.find_one({ID: layout.collection})
+            registered = None if other is None else other.get("workflow_name")
+            if registered != workflow_name:
+                raise ConfigurationError(
+                    f"{layout.collection}: {REGISTRY_COLLECTION} registers this collection to "
+                    f"workflow_name {registered!r}, so {workflow_name!r} "
+                    f"({layout.state_type.__name__}) "
+                    "cannot keep its workflows there too; give one of them another "
+                    "workflow_name, or this persistence a collection_prefix. If "
+                    f"{registered!r} is no longer used, delete its entry: "
+                    f"db.{REGISTRY_COLLECTION}.deleteOne({{_id: {layout.collection!r}}})"
+                ) from None
+            await registry.replace_one(mine, entry, upsert=True)  # it was registered meanwhile
 
     def _duplicate_error(
         self, layout: StateLayout, state: WorkflowState, error: DuplicateKeyError

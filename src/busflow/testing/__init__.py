@@ -18,7 +18,7 @@ persistence::
 fresh transport on an empty queue of its own. It covers per-workflow ordering, the outbox,
 retries, dead letters, sticky replies and dispose.
 
-Needs pytest and pytest-asyncio (``pip install busflow[test]``).
+Needs pytest, pytest-asyncio and hypothesis (``pip install busflow[test]``).
 """
 
 from busflow.testing._bus_contract import BusContract
@@ -26,9 +26,12 @@ from busflow.testing._persistence_contract import (
     Address,
     ContractMessage,
     ContractOrder,
+    ContractTypes,
     ContractValues,
+    Level,
     PersistenceContract,
     Priority,
+    Shape,
 )
 
 __all__ = [
@@ -36,7 +39,10 @@ __all__ = [
     "BusContract",
     "ContractMessage",
     "ContractOrder",
+    "ContractTypes",
     "ContractValues",
+    "Level",
     "PersistenceContract",
     "Priority",
+    "Shape",
 ]

@@ -7,18 +7,24 @@ import enum
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
-from typing import Any, TypeVar
+from ipaddress import IPv4Address, IPv6Network
+from pathlib import PurePosixPath
+from typing import Any, Literal, TypeVar
 
 import pytest
-from pydantic import BaseModel, Field
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from busflow import (
     Bus,
     ClaimedMessage,
+    ConfigurationError,
     CoreDependencies,
     InvalidLookupValueError,
+    InvalidStateValueError,
     Message,
     MessageAttributes,
     MessageWorkflowMapping,
@@ -38,9 +44,12 @@ __all__ = [
     "Address",
     "ContractMessage",
     "ContractOrder",
+    "ContractTypes",
     "ContractValues",
+    "Level",
     "PersistenceContract",
     "Priority",
+    "Shape",
 ]
 
 
@@ -86,6 +95,48 @@ class ContractValues(WorkflowState):
     labels: dict[str, Any] = Field(default_factory=dict)
     history: list[Address] = Field(default_factory=list)
     counts: dict[int, str] = Field(default_factory=dict)
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Shape(enum.Enum):
+    """An enum whose values are tuples: kept as lists, which it cannot read back."""
+
+    SQUARE = (1, 1)
+    WIDE = (2, 1)
+
+
+class ContractTypes(WorkflowState):
+    """A state with a field of each kind of type pydantic serializes, for the value tables."""
+
+    workflow_name = "busflow-contract/types"
+
+    key: str = ""
+    duration: timedelta = timedelta(0)
+    clock: time | None = None
+    day: date | None = None
+    at: datetime | None = None
+    amount: Decimal | None = None
+    reference: uuid.UUID | None = None
+    raw: bytes = b""
+    priority: Priority = Priority.LOW
+    level: Level = Level.LOW
+    ip: IPv4Address | None = None
+    network: IPv6Network | None = None
+    url: HttpUrl | None = None
+    path: PurePosixPath | None = None
+    pair: tuple[int, str] | None = None
+    tags: frozenset[str] = frozenset()
+    counts: dict[int, str] = Field(default_factory=dict)
+    by_day: dict[date, int] = Field(default_factory=dict)
+    choice: Literal["yes", "no"] = "no"
+    address: Address | None = None
+    anything: dict[str, Any] = Field(default_factory=dict)
+    shape: Shape | None = None
+    mixed_keys: dict[int | str, str] = Field(default_factory=dict)
 
 
 class ContractMessage(Message):
@@ -303,6 +354,138 @@ def new_order(**fields: Any) -> ContractOrder:
     return ContractOrder.model_validate({"workflow_id": str(uuid.uuid4()), **fields}, by_name=True)
 
 
+# The value tables
+
+
+_texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+_keys = _texts.filter(lambda key: not key.startswith("$") and "." not in key and "\x00" not in key)
+_int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_zones = st.sampled_from(
+    [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
+)
+_instants = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_zones
+).map(lambda moment: moment.replace(microsecond=moment.microsecond // 1000 * 1000))
+_decimals = st.one_of(
+    [
+        st.decimals(places=places, min_value=-(10**20), max_value=10**20, allow_nan=False)
+        for places in (0, 2, 9)
+    ]
+)
+_json_like = st.recursive(
+    st.none() | st.booleans() | _int64 | st.floats(allow_nan=False) | _texts,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_keys, children, max_size=3),
+    max_leaves=8,
+)
+_anything = st.dictionaries(
+    _keys, _json_like | _instants | _decimals | st.uuids() | st.binary(max_size=8), max_size=4
+)
+_path_parts = _texts.filter(lambda part: part and "/" not in part and "\x00" not in part)
+
+contract_types = st.builds(
+    ContractTypes,
+    workflow_id=st.just("replaced-by-the-test"),
+    duration=st.timedeltas(min_value=timedelta(days=-(10**6)), max_value=timedelta(days=10**6)),
+    clock=st.none() | st.times(),
+    day=st.none() | st.dates(),
+    at=st.none() | _instants,
+    amount=st.none() | _decimals,
+    reference=st.none() | st.uuids(),
+    raw=st.binary(max_size=16),
+    priority=st.sampled_from(Priority),
+    level=st.sampled_from(Level),
+    ip=st.none() | st.ip_addresses(v=4),
+    network=st.none() | st.ip_addresses(v=6).map(IPv6Network),
+    url=st.none()
+    | st.sampled_from(
+        ["https://example.com/", "http://例え.jp/路径?q=1", "https://user@host.test:8443/a/b#x"]
+    ).map(HttpUrl),
+    path=st.none()
+    | st.lists(_path_parts, max_size=3).map(lambda parts: PurePosixPath("/", *parts)),
+    pair=st.none() | st.tuples(_int64, _texts),
+    tags=st.frozensets(_texts, max_size=4),
+    counts=st.dictionaries(_int64, _texts, max_size=3),
+    by_day=st.dictionaries(st.dates(), _int64, max_size=3),
+    choice=st.sampled_from(["yes", "no"]),
+    address=st.none() | st.builds(Address, street=_texts, tags=st.lists(_texts, max_size=3)),
+    anything=_anything,
+)
+"""States whose every field pydantic serializes; every persistence must give them back equal."""
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    """``{"a": {"a": ... 1}}``, ``levels`` dicts deep."""
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value  # type: ignore[no-any-return]
+
+
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
+    "a lone surrogate in text": ({"anything": {"note": "caf\udce9"}}, "anything.note"),
+    "a lone surrogate in a key": ({"anything": {"caf\udce9": 1}}, "anything['caf\\udce9']"),
+    "a lone surrogate in the workflow id": ({"workflow_id": "wf-\ud800"}, "workflow_id"),
+    "a key that starts with $": ({"anything": {"$where": "sleep(1000)"}}, "anything['$where']"),
+    "a key that holds a dot": ({"anything": {"a.b": 1}}, "anything['a.b']"),
+    "a key that holds NUL": ({"anything": {"a\x00b": 1}}, "anything['a\\x00b']"),
+    "a bad key deep inside": ({"anything": {"deep": [{"$set": 1}]}}, "anything.deep[0]['$set']"),
+    "keys 1 and '1'": ({"mixed_keys": {1: "int", "1": "str"}}, "mixed_keys['1']"),
+    "an integer of 2**64": ({"pair": (2**64, "x")}, "pair[0]"),
+    "an integer below -2**63": ({"anything": {"n": -(2**63) - 1}}, "anything.n"),
+    "a Decimal beyond Decimal128": ({"amount": Decimal("1." + "1" * 40)}, "amount"),
+    "a datetime before the year 1 in UTC": (
+        {"at": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))},
+        "at",
+    ),
+    "a datetime after 9999 in UTC": (
+        {"at": datetime(9999, 12, 31, 23, 30, tzinfo=timezone(-timedelta(hours=1)))},
+        "at",
+    ),
+    "nesting deeper than 100 levels": ({"anything": _nested(100)}, "anything" + ".a" * 99),
+    "a document over 16 MiB": ({"anything": {"big": "x" * 16 * 1024 * 1024}}, "anything"),
+    "an enum with tuple values": ({"shape": Shape.SQUARE}, "shape"),
+    "an enum in a field typed Any": ({"anything": {"p": Priority.HIGH}}, "anything.p"),
+    "a tuple in a field typed Any": ({"anything": {"t": (1, 2)}}, "anything.t"),
+    "a timedelta in a field typed Any": ({"anything": {"d": timedelta(days=1)}}, "anything.d"),
+    "a date in a field typed Any": ({"anything": {"d": date(2026, 1, 1)}}, "anything.d"),
+    "a value pydantic cannot serialize": ({"anything": {"o": object()}}, "anything.o"),
+}
+"""Values that every persistence refuses with ``InvalidStateValueError`` on saving: the
+changes to a state, and the path of the field the error names."""
+
+_AT = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
+_REFERENCE = uuid.UUID("12345678-1234-5678-1234-567812345678")
+_DAY = date(2026, 2, 28)
+LOOKUPS: dict[str, tuple[str, object, object, bool]] = {
+    "an enum by its member": ("priority", Priority.HIGH, Priority.HIGH, True),
+    "an enum by its value": ("priority", Priority.HIGH, "high", True),
+    "an enum not by its name": ("priority", Priority.HIGH, "HIGH", False),
+    "an enum by another member": ("priority", Priority.HIGH, Priority.LOW, False),
+    "an int enum by its number": ("level", Level.HIGH, 2, True),
+    "a datetime with microseconds": ("at", _AT, _AT, True),
+    "a datetime in the same millisecond": ("at", _AT, _AT.replace(microsecond=123999), True),
+    "a datetime in the next millisecond": ("at", _AT, _AT.replace(microsecond=124000), False),
+    "the same instant in another zone": (
+        "at",
+        _AT,
+        _AT.astimezone(timezone(timedelta(hours=2))),
+        True,
+    ),
+    "a naive datetime, taken as UTC": ("at", _AT, _AT.replace(tzinfo=None), True),
+    "a date": ("day", _DAY, _DAY, True),
+    "a date by its midnight in UTC": ("day", _DAY, datetime(2026, 2, 28, tzinfo=UTC), True),
+    "a Decimal": ("amount", Decimal("1234.50"), Decimal("1234.50"), True),
+    "another Decimal": ("amount", Decimal("1234.50"), Decimal("1234.51"), False),
+    "a Decimal by its text": ("amount", Decimal("1234.50"), "1234.50", False),
+    "a UUID": ("reference", _REFERENCE, _REFERENCE, True),
+    "a UUID by its text": ("reference", _REFERENCE, str(_REFERENCE), False),
+    "a timedelta": ("duration", timedelta(minutes=5), timedelta(minutes=5), True),
+    "an IP address by its text": ("ip", IPv4Address("10.0.0.1"), "10.0.0.1", True),
+}
+"""Lookups that find a state on every persistence, or on none: the field, the value saved,
+the value looked up, and whether it finds the state."""
+
+
 class PersistenceContract:
     """Tests every persistence must pass. Override the ``persistence`` fixture."""
 
@@ -393,6 +576,11 @@ class PersistenceContract:
             ContractCounter, BY_COUNTER_KEY, Finished(key=key), ATTRIBUTES, True
         )
 
+    @pytest.fixture
+    async def types_store(self, store: Persistence) -> Persistence:
+        await store.initialize_workflow(ContractTypes, [BY_KEY])
+        return store
+
     async def find(
         self,
         store: Persistence,
@@ -459,6 +647,37 @@ class PersistenceContract:
         [found] = await self.find(store, BY_ORDER_ID, "$ne")
         assert found.workflow_id == literal.workflow_id
         assert await self.find(store, BY_ORDER_ID, "$where") == []
+
+    @pytest.mark.parametrize(
+        ("field", "saved", "lookup", "finds"), LOOKUPS.values(), ids=list(LOOKUPS)
+    )
+    async def test_a_lookup_finds_the_same_states_on_every_persistence(
+        self, types_store: Persistence, field: str, saved: object, lookup: object, finds: bool
+    ) -> None:
+        state = ContractTypes.model_validate({"workflow_id": str(uuid.uuid4()), field: saved})
+        await types_store.save_workflow_state(state)
+
+        found = await self.find(types_store, _mapping(field), lookup, state_type=ContractTypes)
+
+        assert [each.workflow_id for each in found] == ([state.workflow_id] if finds else [])
+
+    @pytest.mark.parametrize(
+        ("mapping", "value"),
+        [
+            (BY_ORDER_ID, "caf\udce9"),
+            (BY_WORKFLOW_ID, "wf-\ud800"),
+            (BY_ORDER_ID, 2**64),
+            (BY_ORDER_ID, Decimal("1." + "1" * 40)),
+        ],
+        ids=["a lone surrogate", "a lone surrogate for an id", "2**64", "a long Decimal"],
+    )
+    async def test_a_lookup_value_no_state_may_hold_is_refused(
+        self, store: Persistence, mapping: MessageWorkflowMapping[Any, Any], value: object
+    ) -> None:
+        await store.save_workflow_state(new_order(order_id="o-1"))
+
+        with pytest.raises(InvalidLookupValueError, match=mapping.maps_to):
+            await self.find(store, mapping, value)
 
     @pytest.mark.parametrize("value", [{"$ne": None}, ["o-1"], {"$gt": ""}])
     async def test_a_structured_lookup_value_is_refused(
@@ -666,7 +885,93 @@ class PersistenceContract:
 
         assert stored.at == plus_two
 
+    # what a state may hold: the same on every persistence
+
+    @settings(
+        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(state=contract_types)
+    async def test_any_value_pydantic_serializes_comes_back_equal(
+        self, types_store: Persistence, state: ContractTypes
+    ) -> None:
+        state = state.model_copy(
+            update={"workflow_id": str(uuid.uuid4()), "key": str(uuid.uuid4())}
+        )
+
+        await types_store.save_workflow_state(state)
+        [stored] = await self.find(types_store, BY_KEY, state.key, state_type=ContractTypes)
+
+        assert stored == state.model_copy(update={"workflow_version": 1})
+
+    async def test_a_state_whose_defaults_bson_lacks_starts_and_comes_back(
+        self, types_store: Persistence
+    ) -> None:
+        """``duration: timedelta = timedelta(0)`` once made every start of its workflow fail."""
+        state = ContractTypes(workflow_id=str(uuid.uuid4()), key="defaults")
+
+        await types_store.save_workflow_state(state)
+        [stored] = await self.find(types_store, BY_KEY, "defaults", state_type=ContractTypes)
+
+        assert stored.duration == timedelta(0)
+        assert stored == state.model_copy(update={"workflow_version": 1})
+
+    async def test_nesting_of_a_hundred_levels_is_kept(self, types_store: Persistence) -> None:
+        deepest = _nested(99)  # in the field: 100 levels counting the document itself
+        state = ContractTypes(workflow_id=str(uuid.uuid4()), key="deep", anything=deepest)
+
+        await types_store.save_workflow_state(state)
+        [stored] = await self.find(types_store, BY_KEY, "deep", state_type=ContractTypes)
+
+        assert stored.anything == deepest
+
+    async def test_extra_fields_of_a_state_that_allows_them_come_back(
+        self, store: Persistence
+    ) -> None:
+        class Open(WorkflowState):
+            model_config = ConfigDict(extra="allow")
+            workflow_name = "busflow-contract/open"
+
+            key: str = ""
+
+        await store.initialize_workflow(Open, [BY_KEY])
+        state = Open.model_validate({"workflow_id": str(uuid.uuid4()), "key": "k", "note": [1]})
+
+        await store.save_workflow_state(state)
+        [stored] = await self.find(store, BY_KEY, "k", state_type=Open)
+
+        assert stored.model_extra == {"note": [1]}
+
+    @pytest.mark.parametrize(("changes", "field"), REFUSED.values(), ids=list(REFUSED))
+    async def test_a_value_that_cannot_be_kept_is_refused_before_anything_is_written(
+        self, types_store: Persistence, changes: dict[str, Any], field: str
+    ) -> None:
+        key = str(uuid.uuid4())
+        valid = ContractTypes(workflow_id=str(uuid.uuid4()), key=key)
+        await types_store.save_workflow_state(valid)
+        [stored] = await self.find(types_store, BY_KEY, key, state_type=ContractTypes)
+        attempts = {
+            "a new workflow": valid.model_copy(update={"workflow_id": str(uuid.uuid4())}),
+            "an update": stored,
+            "an update at a stale version": stored.model_copy(update={"workflow_version": 7}),
+        }
+
+        for attempt, state in attempts.items():
+            with pytest.raises(InvalidStateValueError) as raised:
+                await types_store.save_workflow_state(state.model_copy(update=changes))
+            assert raised.value.field == field, attempt
+            assert f"field {field!r}" in str(raised.value)
+            assert str(raised.value).endswith("Nothing was written.")
+
+        assert await self.find(types_store, BY_KEY, key, state_type=ContractTypes) == [stored]
+
     # setup and logging
+
+    @pytest.mark.parametrize("field", ["workflow_status", "workflow_version"])
+    async def test_a_mapping_to_a_field_busflow_sets_is_refused_at_startup(
+        self, persistence: Persistence, field: str
+    ) -> None:
+        with pytest.raises(ConfigurationError, match=field):
+            await persistence.initialize_workflow(ContractOrder, [BY_ORDER_ID, _mapping(field)])
 
     async def test_initialize_workflow_is_idempotent(self, store: Persistence) -> None:
         await store.save_workflow_state(new_order(order_id="o-1"))
