@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -984,3 +985,112 @@ async def test_dead_letters_are_bounded_and_hold_no_live_exception() -> None:
         for value in vars(dead).values():
             assert not isinstance(value, BaseException)
         assert "StoredStateError: does not fit" in dead.traceback
+
+
+# delayed messages
+
+
+class NoTimeouts:
+    """A persistence that stores workflow state only: no TimeoutStore."""
+
+    def __init__(self) -> None:
+        self._inner = InMemoryPersistence()
+
+    def prepare(self, core_dependencies: Any) -> None:
+        self._inner.prepare(core_dependencies)
+
+    async def initialize_workflow(self, state_type: Any, mappings: Any) -> None:
+        await self._inner.initialize_workflow(state_type, mappings)
+
+    async def get_workflow_state(self, *arguments: Any) -> Any:
+        return await self._inner.get_workflow_state(*arguments)
+
+    async def save_workflow_state(self, state: Any) -> None:
+        await self._inner.save_workflow_state(state)
+
+
+async def test_a_delayed_send_needs_a_persistence_that_stores_messages_for_later() -> None:
+    bus = Bus.configure().with_persistence(NoTimeouts()).with_handler(Ping, noop).build()
+    async with bus:
+        with pytest.raises(ConfigurationError, match="NoTimeouts stores no messages for later"):
+            await bus.send(Ping(key="k"), deliver_after=timedelta(seconds=1))
+        with pytest.raises(ConfigurationError, match="timezone-aware"):
+            await Bus.configure().build().send(Ping(key="k"), deliver_at=datetime(2030, 1, 1))
+
+
+async def noop(message: Any, _a: MessageAttributes) -> None:
+    return None
+
+
+class RemindState(WorkflowState):
+    workflow_name = "test/remind"
+
+    key: str = ""
+    reminded: int = 0
+    reminder_from_version: int = -1
+
+
+class Remind(Message):
+    key: str
+
+
+class Reminder(Message):
+    key: str
+    asked_at_version: int
+
+
+class Arm(Message):
+    key: str
+
+
+class RemindWorkflow(Workflow[RemindState]):
+    """Arm asks for a Reminder in 0.2 s; the first save of that run loses a race."""
+
+    def __init__(self) -> None:
+        self.persistence: Persistence | None = None
+        self.conflict_next = True
+
+    def configure_workflow(self, mapper: WorkflowMapper[RemindState]) -> None:
+        mapper.with_state(RemindState).started_by(Remind, self.remind).when(
+            Reminder, self.reminder
+        ).when(Arm, self.arm, MessageWorkflowMapping(lambda m, _a: m.key, "key"))
+
+    async def remind(self, message: Remind, state: RemindState, _a: MessageAttributes) -> Any:
+        return {"key": message.key}
+
+    async def arm(self, message: Arm, state: RemindState, _a: MessageAttributes) -> Any:
+        reminder = Reminder(key=message.key, asked_at_version=state.workflow_version)
+        await self.request_timeout(reminder, after=timedelta(seconds=0.2))
+        if self.conflict_next:
+            self.conflict_next = False
+            assert self.persistence is not None
+            await self.persistence.save_workflow_state(state)  # the save below will conflict
+        return {"reminded": state.reminded}
+
+    async def reminder(self, message: Reminder, state: RemindState, _a: MessageAttributes) -> Any:
+        return {"reminded": state.reminded + 1, "reminder_from_version": message.asked_at_version}
+
+
+async def test_a_timeout_is_stored_only_when_the_handlers_save_succeeds() -> None:
+    persistence = InMemoryPersistence()
+    workflow = RemindWorkflow()
+    workflow.persistence = persistence
+    bus = (
+        Bus.configure()
+        .with_persistence(persistence)
+        .with_workflow(workflow)
+        .with_timeout_polling(interval=0.05, max_interval=0.1)
+        .build()
+    )
+    async with bus:
+        await bus.send(Remind(key="k"))
+        await bus.wait_until_idle(timeout=5)
+        await bus.send(Arm(key="k"))
+        await bus.wait_until_idle(timeout=5)
+        await asyncio.sleep(0.6)
+        await bus.wait_until_idle(timeout=5)
+    [state] = await find(bus, RemindState, "key", "k")
+
+    assert bus.metrics.conflicts == 1, "the first run lost its save"
+    assert state.reminded == 1
+    assert state.reminder_from_version == 2, "the run that lost its save stored no timeout"

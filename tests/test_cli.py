@@ -82,7 +82,38 @@ def test_inspect_lists_counts_oldest_running_workflow_and_healthy_indexes(
     assert oldest.endswith(" s ago")
     assert "indexes:        ok: busflow_lookup_order_id, busflow_unique_running_order_id" in lines
     assert "outgoing:       none waiting longer than 1 min" in lines
+    assert "timeouts:       none pending" in lines
     assert lines[-1] == "no problems found"
+
+
+def test_inspect_and_show_list_pending_timeouts(own_demo_database: DemoDatabase) -> None:
+    due = (datetime.now(UTC) + timedelta(hours=2, minutes=30)).replace(microsecond=0)
+    with mongo_client(own_demo_database.uri) as client:
+        client[own_demo_database.name]["busflow_timeouts"].insert_many(
+            [
+                {
+                    "_id": f"t-{n}",
+                    "due_at": due + timedelta(minutes=n),
+                    "name": "demo.PaymentOverdue",
+                    "body": "{}",
+                    "workflow_name": "demo/order",
+                    "workflow_id": own_demo_database.running["_id"],
+                    "leased_until": datetime(1970, 1, 1, tzinfo=UTC),
+                }
+                for n in range(2)
+            ]
+        )
+
+        inspected = own_demo_database.busflow("inspect")
+        shown = own_demo_database.busflow("show", "busflow_timeouts")
+
+    lines = [line.strip() for line in inspected.stdout.splitlines()]
+    [timeouts] = [line for line in lines if line.startswith("timeouts:")]
+    assert timeouts.startswith("timeouts:       2 pending, the next due ")
+    assert timeouts.endswith("(in 2 h 29 min)") or timeouts.endswith("(in 2 h 30 min)")
+    assert shown.returncode == 0, shown.stderr
+    assert '"_id": "t-0"' in shown.stdout
+    assert '"name": "demo.PaymentOverdue"' in shown.stdout
 
 
 def test_inspect_reports_outgoing_messages_left_behind_by_a_dead_worker(

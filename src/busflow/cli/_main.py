@@ -46,6 +46,7 @@ from busflow.mongodb import (
 )
 from busflow.mongodb import (
     REGISTRY_COLLECTION,
+    TIMEOUTS_COLLECTION,
     ExpectedIndex,
     hosts_of,
     mask_password,
@@ -149,15 +150,22 @@ def inspect(arguments: argparse.Namespace) -> int:
             f"database {database.name} at {server.hosts}: "
             f"{len(entries)} workflow collection(s), checked {now:%Y-%m-%d %H:%M:%S} UTC"
         )
+        timeouts = pending_timeouts(database, existing)
         problems = 0
         for entry in entries:
             print()
             report = inspect_collection(
                 database, entry, existing, now, timedelta(seconds=arguments.outbox_age)
             )
+            waiting = timeouts.pop(entry.get("workflow_name"), None)
+            report.lines.insert(2, describe_timeouts(waiting, now))
             problems += report.problems
             for line in report.lines:
                 print(line)
+        others = sum(count for count, _ in timeouts.values())
+        if others:
+            print()
+            print(f"{TIMEOUTS_COLLECTION}: {others} message(s) to deliver later, sent from outside")
         print()
         print(
             "no problems found"
@@ -239,6 +247,34 @@ def inspect_collection(
     report.lines += index_lines
     report.problems += index_problems
     return report
+
+
+def pending_timeouts(
+    database: Database[Document], existing: set[str]
+) -> dict[object, tuple[int, datetime | None]]:
+    """Messages waiting in busflow_timeouts, by the workflow that asked: count, next due."""
+    if TIMEOUTS_COLLECTION not in existing:
+        return {}
+    groups = database[TIMEOUTS_COLLECTION].aggregate(
+        [{"$group": {ID: "$workflow_name", "count": {"$sum": 1}, "next": {"$min": "$due_at"}}}]
+    )
+    return {
+        group[ID]: (
+            int(group["count"]),
+            group["next"] if isinstance(group.get("next"), datetime) else None,
+        )
+        for group in groups
+    }
+
+
+def describe_timeouts(waiting: tuple[int, datetime | None] | None, now: datetime) -> str:
+    if waiting is None:
+        return "  timeouts:       none pending"
+    count, due = waiting
+    if due is None:
+        return f"  timeouts:       {count} pending"
+    when = f"in {format_age(due - now)}" if due > now else f"{format_age(now - due)} overdue"
+    return f"  timeouts:       {count} pending, the next due {_when(due)} ({when})"
 
 
 def report_waiting_outboxes(
