@@ -165,9 +165,7 @@ class WorkflowRunner:
                 await self._if_applied(subscriber, handling, state)
             if applied:
                 return
-        self._metrics.unmatched += 1
-        if DUE_AT_ATTRIBUTE in handling.attributes.attributes:
-            self._metrics.timeouts_ignored += 1
+        self._count_ignored(handling)
         self._logger.info(
             "%s: no running %s matches %s=%r; the message was ignored",
             subscriber.name,
@@ -237,12 +235,16 @@ class WorkflowRunner:
         )
         return True
 
-    def _no_longer_running(
-        self, subscriber: WorkflowSubscriber[Any], handling: Handling, workflow_id: str
-    ) -> None:
+    def _count_ignored(self, handling: Handling) -> None:
+        """A message that found no running workflow: unmatched, and a timeout if it is one."""
         self._metrics.unmatched += 1
         if DUE_AT_ATTRIBUTE in handling.attributes.attributes:
             self._metrics.timeouts_ignored += 1
+
+    def _no_longer_running(
+        self, subscriber: WorkflowSubscriber[Any], handling: Handling, workflow_id: str
+    ) -> None:
+        self._count_ignored(handling)
         self._logger.info(
             "%s: workflow %s is no longer running; %s was not applied to it",
             subscriber.name,
@@ -274,8 +276,8 @@ class WorkflowRunner:
         *,
         always_save: bool,
     ) -> None:
-        now = datetime.now(UTC)
-        if state.workflow_outbox:
+        now = datetime.now(UTC) if state.workflow_outbox else None
+        if now is not None:
             await self._outbox.rescue(state, now)
         context = HandlingContext(
             self._sender,
@@ -295,10 +297,12 @@ class WorkflowRunner:
             if message_id is not None:
                 applied = [*state.workflow_applied, message_id]
                 updated.workflow_applied = applied[-self._applied_limit :]
-            updated.workflow_outbox = [
-                *self._outbox.carried(state, now),
-                *(to_record(each, message_id, now) for each in outgoing),
-            ]
+            if outgoing or now is not None:
+                now = now or datetime.now(UTC)
+                updated.workflow_outbox = [
+                    *self._outbox.carried(state, now),
+                    *(to_record(each, message_id, now) for each in outgoing),
+                ]
             await self._save(subscriber, handling, updated)
             self._outbox.saved(updated)
             self._keys.remember(updated, subscriber.mapped_fields)
