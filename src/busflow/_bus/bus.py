@@ -83,7 +83,7 @@ class Bus:
         """Messages sent before ``start``; they leave when it starts the transport."""
         store = settings.persistence
         self._timeouts = (
-            TimeoutPoller(store, self, settings.timeout_polling, self._logger)
+            TimeoutPoller(store, self._deliver, settings.timeout_polling, self._logger)
             if isinstance(store, TimeoutStore)
             else None
         )
@@ -135,7 +135,12 @@ class Bus:
         for workflow in settings.workflows:
             workflow.bus = sender
         keys = WorkflowKeys()
-        self._outbox = Outbox(outlet=self, persistence=persistence, logger=self._logger)
+        self._outbox = Outbox(
+            deliver=self._deliver,
+            schedule=self._schedule,
+            persistence=persistence,
+            logger=self._logger,
+        )
         runner = WorkflowRunner(
             persistence=persistence,
             sender=self,
@@ -367,19 +372,19 @@ class Bus:
     async def _send_now(self, outgoing: Outgoing) -> None:
         dispatchable = self._encode(outgoing)
         if dispatchable.due_at is not None:
-            await self.schedule([dispatchable], None)
+            await self._schedule([dispatchable], None)
         else:
-            await self.deliver(dispatchable.message, publish=dispatchable.publish)
+            await self._deliver(dispatchable.message, publish=dispatchable.publish)
 
     def _encode(self, outgoing: Outgoing) -> Dispatchable:
         assert self._routes is not None
         message = self._routes.encode(outgoing.message, outgoing.attributes, outgoing.message_id)
         return Dispatchable(message, outgoing.publish, outgoing.due_at)
 
-    async def schedule(
+    async def _schedule(
         self, messages: Sequence[Dispatchable], sender: WorkflowState | None
     ) -> None:
-        """Store delayed messages until they are due (the outbox's ``Outlet``)."""
+        """Store delayed messages until they are due."""
         store = self.persistence
         assert isinstance(store, TimeoutStore)
         assert self._timeouts is not None
@@ -398,8 +403,8 @@ class Bus:
         for each in scheduled:
             self._timeouts.scheduled(each.due_at)
 
-    async def deliver(self, message: TransportMessage, *, publish: bool) -> None:
-        """Hand an encoded message to the transport (the outbox's ``Outlet``)."""
+    async def _deliver(self, message: TransportMessage, *, publish: bool) -> None:
+        """Hand an encoded message to the transport, expecting it back if handled here."""
         assert self._routes is not None
         expected = message.name in self._routes.names
         if expected:

@@ -28,7 +28,7 @@ from busflow._persistence import Persistence
 from busflow._transport import TransportMessage
 from busflow._workflow import OutboxMessage, WorkflowState
 
-__all__ = ["OUTBOX_RESCUE_AFTER", "Dispatchable", "Outbox", "Outlet"]
+__all__ = ["OUTBOX_RESCUE_AFTER", "Deliver", "Dispatchable", "Outbox", "Schedule"]
 
 CLEAR_DELAY = 0.5
 """Seconds after a dispatch before the dispatched messages are cleared from the store,
@@ -44,15 +44,14 @@ class Dispatchable(NamedTuple):
     """When to deliver it, for a delayed message, which goes to the ``TimeoutStore``."""
 
 
-class Outlet(Protocol):
-    """Where messages leave: the bus, which tracks them and hands them to the transport, or
-    stores them for later."""
+class Deliver(Protocol):
+    """Hands one encoded message to the transport (the bus's, which also tracks it)."""
 
-    async def deliver(self, message: TransportMessage, *, publish: bool) -> None: ...
+    async def __call__(self, message: TransportMessage, *, publish: bool) -> None: ...
 
-    async def schedule(
-        self, messages: Sequence[Dispatchable], sender: WorkflowState | None
-    ) -> None: ...
+
+Schedule = Callable[[Sequence[Dispatchable], WorkflowState | None], Awaitable[None]]
+"""Stores delayed messages, sent by a workflow (or None), until they are due."""
 
 
 def to_record(dispatchable: Dispatchable, origin: str | None, saved_at: datetime) -> OutboxMessage:
@@ -92,12 +91,14 @@ class Outbox:
     def __init__(
         self,
         *,
-        outlet: Outlet,
+        deliver: Deliver,
+        schedule: Schedule,
         persistence: Persistence,
         logger: logging.Logger,
         remember: int = 100_000,
     ) -> None:
-        self._outlet = outlet
+        self._deliver = deliver
+        self._schedule = schedule
         self._clear: Callable[[type[WorkflowState], str, Sequence[str]], Awaitable[None]] | None = (
             getattr(persistence, "clear_outbox", None)
         )
@@ -117,10 +118,10 @@ class Outbox:
         """Hand ``messages`` to the transport, and store the delayed ones for later."""
         delayed = [each for each in messages if each.due_at is not None]
         if delayed:
-            await self._outlet.schedule(delayed, sender)
+            await self._schedule(delayed, sender)
         for message, publish, due_at in messages:
             if due_at is None:
-                await self._outlet.deliver(message, publish=publish)
+                await self._deliver(message, publish=publish)
             self._dispatched[message.message_id] = None
             if len(self._dispatched) > self._remember:
                 self._dispatched.popitem(last=False)

@@ -9,11 +9,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
+from busflow._bus.outbox import Deliver
 from busflow._errors import ConfigurationError
 from busflow._timeouts import TimeoutStore
-from busflow._transport import TransportMessage
 
 __all__ = ["DUE_AT_ATTRIBUTE", "TimeoutPoller", "TimeoutPolling", "due_time"]
 
@@ -61,10 +60,6 @@ def due_time(deliver_at: datetime | None, deliver_after: timedelta | None) -> da
     return deliver_at
 
 
-class Deliverer(Protocol):
-    async def deliver(self, message: TransportMessage, *, publish: bool) -> None: ...
-
-
 class TimeoutPoller:
     """Claims due messages from the store, delivers them, and removes them.
 
@@ -75,12 +70,12 @@ class TimeoutPoller:
     def __init__(
         self,
         store: TimeoutStore,
-        outlet: Deliverer,
+        deliver: Deliver,
         polling: TimeoutPolling,
         logger: logging.Logger,
     ) -> None:
         self._store = store
-        self._outlet = outlet
+        self._deliver = deliver
         self._polling = polling
         self._logger = logger
         self.owner = f"bus-{uuid.uuid4().hex}"
@@ -120,7 +115,7 @@ class TimeoutPoller:
                 scheduled = each.scheduled
                 message = scheduled.message
                 attributes = {**message.attributes, DUE_AT_ATTRIBUTE: scheduled.due_at.isoformat()}
-                await self._outlet.deliver(
+                await self._deliver(
                     message._replace(attributes=attributes), publish=scheduled.publish
                 )
                 await self._store.remove_claimed_message(each)
