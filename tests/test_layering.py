@@ -13,7 +13,7 @@ LAYERS = [
     {"_errors", "_messages", "_uri"},
     {"_workflow"},
     {"_persistence", "_transport"},
-    {"_memory", "_memory_transport", "mongodb"},
+    {"_memory", "_memory_transport", "mongodb", "rabbitmq"},
     {"_bus"},
     {"testing"},
     {"cli"},
