@@ -10,15 +10,12 @@ import pytest
 from busflow import DeadLetter, Transport
 from busflow.rabbitmq import DeadLetterQueue, RabbitMQTransport
 from busflow.testing import BusContract
-from tests.conftest import RabbitMQServer, label_backend
+from tests.conftest import RabbitMQServer
 
 
 class TestRabbitMQTransport(BusContract):
     @pytest.fixture
-    async def transport(
-        self, request: pytest.FixtureRequest, rabbitmq: RabbitMQServer
-    ) -> AsyncIterator[Transport]:
-        label_backend(request, rabbitmq.label)
+    async def transport(self, rabbitmq: RabbitMQServer) -> AsyncIterator[Transport]:
         tag = f"busflow-test-{uuid.uuid4().hex[:8]}"
         transport = RabbitMQTransport(rabbitmq.url, queue=tag, prefix=tag)
         self.url = rabbitmq.url
