@@ -17,7 +17,7 @@ from busflow._uri import hosts_of
 from busflow.rabbitmq._codec import decode_dead_letter, encode
 from busflow.rabbitmq._connection import connect
 from busflow.rabbitmq._errors import RabbitMQTopologyError
-from busflow.rabbitmq._publishing import declaring, publish
+from busflow.rabbitmq._publishing import broker_errors, declaring, publish
 from busflow.rabbitmq._topology import dead_letter_queue_of
 
 __all__ = ["DeadLetterQueue"]
@@ -37,7 +37,8 @@ class DeadLetterQueue:
         self.queue = queue
         self.name = dead_letter_queue_of(queue)
         self._url = url
-        self._hosts = hosts_of(url)
+        self.hosts = hosts_of(url)
+        """The broker's hosts, for messages: never its credentials."""
         self._connect_timeout = connect_timeout
         self._connection: AbstractRobustConnection | None = None
 
@@ -59,17 +60,18 @@ class DeadLetterQueue:
 
     async def list(self, limit: int | None = None) -> list[DeadLetter]:
         """The dead letters, oldest first (at most ``limit``); they stay where they are."""
-        channel = await self._channel(confirms=False)
         letters: list[DeadLetter] = []
-        try:
-            queue, count = await self._declared(channel, self.name)
-            for _ in range(count if limit is None else min(count, limit)):
-                incoming = await queue.get(no_ack=False, fail=False)
-                if incoming is None:
-                    break
-                letters.append(decode_dead_letter(incoming))
-        finally:
-            await channel.close()  # what was read goes back, unacknowledged
+        with broker_errors(self.hosts, f"reading {self.name}"):
+            channel = await self._channel(confirms=False)
+            try:
+                queue, count = await self._declared(channel, self.name)
+                for _ in range(count if limit is None else min(count, limit)):
+                    incoming = await queue.get(no_ack=False, fail=False)
+                    if incoming is None:
+                        break
+                    letters.append(decode_dead_letter(incoming))
+            finally:
+                await channel.close()  # what was read goes back, unacknowledged
         return letters
 
     async def replay(self, message_id: str | None = None) -> int:
@@ -79,23 +81,24 @@ class DeadLetterQueue:
         Each is removed from the dead letters once the broker has confirmed its copy in the
         endpoint queue. Dead letters that arrive meanwhile are left for another replay.
         """
-        channel = await self._channel(confirms=True)
         replayed = 0
-        try:
-            await self._declared(channel, self.queue)
-            queue, count = await self._declared(channel, self.name)
-            for _ in range(count):
-                incoming = await queue.get(no_ack=False, fail=False)
-                if incoming is None:
-                    break
-                if message_id is not None and incoming.message_id != message_id:
-                    continue  # left unacknowledged: it goes back when the channel closes
-                await self._send_back(channel, incoming)
-                replayed += 1
-                if message_id is not None:
-                    break
-        finally:
-            await channel.close()
+        with broker_errors(self.hosts, f"replaying {self.name}"):
+            channel = await self._channel(confirms=True)
+            try:
+                await self._declared(channel, self.queue)
+                queue, count = await self._declared(channel, self.name)
+                for _ in range(count):
+                    incoming = await queue.get(no_ack=False, fail=False)
+                    if incoming is None:
+                        break
+                    if message_id is not None and incoming.message_id != message_id:
+                        continue  # left unacknowledged: it goes back when the channel closes
+                    await self._send_back(channel, incoming)
+                    replayed += 1
+                    if message_id is not None:
+                        break
+            finally:
+                await channel.close()
         return replayed
 
     async def _send_back(
@@ -110,7 +113,7 @@ class DeadLetterQueue:
             mandatory=True,
             what=f"{message.name} (message id {message.message_id})",
             confirm_timeout=self._connect_timeout,
-            hosts=self._hosts,
+            hosts=self.hosts,
         )
         await incoming.ack()
 
@@ -124,11 +127,11 @@ class DeadLetterQueue:
     ) -> tuple[AbstractQueue, int]:
         """The queue ``name`` (which must exist) and how many messages it holds."""
         try:
-            with declaring(self._hosts):
+            with declaring(self.hosts):
                 queue = await channel.declare_queue(name, passive=True)
         except RabbitMQTopologyError:
             raise RabbitMQTopologyError(
-                f"RabbitMQ at {self._hosts} has no queue {name!r}; check the queue name (a bus "
+                f"RabbitMQ at {self.hosts} has no queue {name!r}; check the queue name (a bus "
                 f"declares {self.queue!r} and {self.name!r} when it starts)"
             ) from None
         result = queue.declaration_result

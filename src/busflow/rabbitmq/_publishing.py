@@ -18,7 +18,7 @@ from aio_pika.abc import AbstractExchange, AbstractMessage, AbstractRobustChanne
 from busflow.rabbitmq._connection import reason_of
 from busflow.rabbitmq._errors import RabbitMQError, RabbitMQTopologyError, UnroutableMessageError
 
-__all__ = ["declaring", "publish"]
+__all__ = ["broker_errors", "declaring", "publish"]
 
 _logger = logging.getLogger("busflow.rabbitmq")
 
@@ -107,4 +107,15 @@ def declaring(hosts: str) -> Iterator[None]:
         raise RabbitMQError(
             f"RabbitMQ at {hosts} refused: {reason_of(error)}; give the user configure, write "
             "and read permissions on the virtual host"
+        ) from None
+
+
+@contextlib.contextmanager
+def broker_errors(hosts: str, doing: str) -> Iterator[None]:
+    """Turn any other failure of the broker or the connection into a ``RabbitMQError``."""
+    try:
+        yield
+    except (aiormq.exceptions.AMQPError, *CONNECTION_LOST) as error:
+        raise RabbitMQError(
+            f"{doing} failed on RabbitMQ at {hosts}: {reason_of(error)} ({type(error).__name__})"
         ) from None
