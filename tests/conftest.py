@@ -173,6 +173,18 @@ def label_backend(request: pytest.FixtureRequest, label: str) -> None:
     _backend_of[request.node.nodeid] = label
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``broker_restart`` stop the broker for a while: they run on request."""
+    if os.environ.get("BUSFLOW_TEST_BROKER_RESTART"):
+        return
+    skip = pytest.mark.skip(
+        reason="restarts the local RabbitMQ; set BUSFLOW_TEST_BROKER_RESTART=1 to run it"
+    )
+    for item in items:
+        if item.get_closest_marker("broker_restart"):
+            item.add_marker(skip)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     names = getattr(item, "fixturenames", ())
     if "mongo_backend" not in names:  # that fixture names its backend itself

@@ -170,17 +170,23 @@ class RabbitMQTransport:
         if connection is not None:
             await connection.close()
 
-    async def delete(self) -> None:
-        """Delete the endpoint's queues, with the messages in them, and each exchange this
-        transport declared that no queue is bound to any more. For tests and tear-down."""
+    async def delete(self, message_names: Iterable[str] = ()) -> None:
+        """Delete the endpoint's queues, with the messages in them, and the exchanges of
+        ``message_names`` and of every message this transport declared, each only if no
+        queue is bound to it any more. For tests and tear-down."""
+        exchanges = self._declared_exchanges | {
+            self.topology.exchange(name) for name in message_names
+        }
         connection, _ = await connect(
-            self._url, connect_timeout=self._connect_timeout, name=f"busflow {self.queue} (delete)"
+            self._url,
+            connect_timeout=self._connect_timeout,
+            name=f"busflow {self.queue} (delete)",
         )
         try:
             channel = await connection.channel()
             for queue in self.topology.all_queues():
                 await channel.queue_delete(queue)
-            for exchange in sorted(self._declared_exchanges):
+            for exchange in sorted(exchanges):
                 with contextlib.suppress(aiormq.exceptions.ChannelPreconditionFailed):
                     await channel.exchange_delete(exchange, if_unused=True)
                 if channel.is_closed:  # an exchange still in use closed it
