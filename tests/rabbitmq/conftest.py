@@ -20,6 +20,8 @@ class Endpoint:
     url: str
     name: str
     transports: list[RabbitMQTransport] = field(default_factory=list)
+    message_names: list[str] = field(default_factory=list)
+    """Messages whose exchanges to delete too: those that another process declared."""
 
     def transport(self, **options: Any) -> RabbitMQTransport:
         options.setdefault("queue", self.name)
@@ -47,5 +49,5 @@ async def endpoint(rabbitmq: RabbitMQServer) -> AsyncIterator[Endpoint]:
     finally:
         for transport in made.transports:
             await transport.close()
-        for transport in made.transports:
-            await transport.delete()
+        for transport in made.transports or [made.transport()]:
+            await transport.delete(made.message_names)
