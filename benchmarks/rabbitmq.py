@@ -216,7 +216,7 @@ async def serve(database: str, queue: str) -> None:
         asyncio.get_running_loop().add_signal_handler(signal_number, stop.set)
     try:
         async with bus:
-            ready, cpu = counter.total, time.process_time()
+            ready, ready_names, cpu = counter.total, counter.names.copy(), time.process_time()
             print("ready", flush=True)
             await stop.wait()
             cpu = time.process_time() - cpu
@@ -230,7 +230,7 @@ async def serve(database: str, queue: str) -> None:
         "retries": metrics.retries,
         "dead_letters": metrics.dead_letters,
         "commands": counter.total - ready,
-        "command_names": dict(counter.names),
+        "command_names": dict(counter.names - ready_names),
         "latencies": latencies.seconds,
     }
     print(json.dumps(report), flush=True)
@@ -428,10 +428,11 @@ async def rabbitmq_run(
     finally:
         await asyncio.to_thread(pool.kill)
         await client.drop_database(name)
+        # The driver's queue first: an exchange is deleted only once nothing is bound to it.
+        await RabbitMQTransport(amqp, queue=f"{name}-driver", prefix=name).delete()
         await RabbitMQTransport(amqp, queue=name, prefix=name).delete(
             [OrderPlaced.message_name, ItemAdded.message_name, OrderCompleted.message_name]
         )
-        await RabbitMQTransport(amqp, queue=f"{name}-driver", prefix=name).delete()
     messages = sum(report["messages"] for report in reports) + driver_bus.metrics.messages_delivered
     commands = sum(report["commands"] for report in reports)
     latencies = [
@@ -479,19 +480,21 @@ async def memory_run(mongodb: str, orders: int) -> Run:
         TimedMemoryTransport(latencies),
         completed=completions.handle,
     )
+    watcher: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb)  # not counted
     try:
         async with bus:
-            ready = counter.total
+            ready, ready_names = counter.total, counter.names.copy()
             started, cpu = time.perf_counter(), time.process_time()
-            await place_orders(bus, ids, client[name], started=0)
+            await place_orders(bus, ids, watcher[name], started=0)
             await asyncio.wait_for(completions.all_in.wait(), WAIT_SECONDS)
             seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-            commands = counter.total - ready
+            commands, names = counter.total - ready, counter.names - ready_names
             await bus.wait_until_idle(timeout=WAIT_SECONDS)
         lost, duplicated, problems = await check(client[name], ids, completions)
     finally:
         await client.drop_database(name)
         await client.close()
+        await watcher.close()
     metrics = bus.metrics
     return Run(
         transport="memory",
@@ -502,7 +505,7 @@ async def memory_run(mongodb: str, orders: int) -> Run:
         messages_per_s=metrics.messages_delivered / seconds,
         commands=commands,
         commands_per_message=commands / metrics.messages_delivered,
-        command_names=dict(counter.names),
+        command_names=dict(names),
         conflicts=metrics.conflicts,
         retries=metrics.retries,
         dead_letters=len(bus.dead_letters),
