@@ -17,7 +17,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from busflow._errors import BusError
+from busflow._errors import BusError, ConfigurationError
 from busflow._transport import DeadLetter, Delivery, Subscription, TransportMessage
 from busflow._uri import hosts_of, redact_uri
 from busflow.rabbitmq._codec import decode, encode, encode_dead_letter
@@ -66,7 +66,9 @@ class RabbitMQTransport:
     ) -> None:
         check_url(url)
         if queue_type not in (None, "quorum", "classic"):
-            raise BusError(f"queue_type must be 'quorum', 'classic' or None, not {queue_type!r}")
+            raise ConfigurationError(
+                f"queue_type must be 'quorum', 'classic' or None, not {queue_type!r}"
+            )
         self.topology = Topology(queue, prefix, tuple(retry_delays))
         self._url = url
         self._hosts = hosts_of(url)
