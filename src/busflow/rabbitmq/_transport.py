@@ -13,6 +13,7 @@ from aio_pika import ExchangeType
 from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
+    AbstractMessage,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
@@ -80,6 +81,8 @@ class RabbitMQTransport:
         self._sockets: NoDelaySockets | None = None
         self._publisher: AbstractRobustChannel | None = None
         self._consumer: AbstractRobustChannel | None = None
+        """Held here: the robust connection keeps its channels weakly, and restores only
+        those still alive after a reconnection."""
         self._exchanges: dict[str, AbstractExchange] = {}
         self._declaring: dict[str, asyncio.Future[AbstractExchange]] = {}
         self._declared_exchanges: set[str] = set()
@@ -201,27 +204,32 @@ class RabbitMQTransport:
     async def send(self, message: TransportMessage) -> None:
         """Send a command to the endpoints that handle it. Raises ``UnroutableMessageError``
         if no queue is bound to its exchange: no endpoint that handles it has started."""
-        exchange = await self._exchange(message.name)
-        await publish(
-            exchange,
-            encode(message),
-            mandatory=True,
-            what=f"{message.name} (message id {message.message_id})",
-            confirm_timeout=self._publish_timeout,
-            channel=self._channel(),
-            hosts=self._hosts,
-        )
+        what = f"{message.name} (message id {message.message_id})"
+        await self._publish(await self._exchange(message.name), encode(message), what)
 
     async def publish(self, message: TransportMessage) -> None:
         """Publish an event to every endpoint bound to it; with none, it goes nowhere."""
+        what = f"{message.name} (message id {message.message_id})"
         exchange = await self._exchange(message.name)
+        await self._publish(exchange, encode(message), what, mandatory=False)
+
+    async def _publish(
+        self,
+        exchange: AbstractExchange,
+        message: AbstractMessage,
+        what: str,
+        *,
+        routing_key: str = "",
+        mandatory: bool = True,
+    ) -> None:
         await publish(
             exchange,
-            encode(message),
-            mandatory=False,
-            what=f"{message.name} (message id {message.message_id})",
-            confirm_timeout=self._publish_timeout,
+            message,
             channel=self._channel(),
+            routing_key=routing_key,
+            mandatory=mandatory,
+            what=what,
+            confirm_timeout=self._publish_timeout,
             hosts=self._hosts,
         )
 
@@ -291,15 +299,11 @@ class RabbitMQTransport:
         if not _channel_open(delivery):
             self._given_back(delivery, "retried")
             return
-        await publish(
+        await self._publish(
             self._channel().default_exchange,
             encode(message),
+            f"the retry of {message.name} (message id {message.message_id})",
             routing_key=self.topology.retry_queue_for(delay),
-            mandatory=True,
-            what=f"the retry of {message.name} (message id {message.message_id})",
-            confirm_timeout=self._publish_timeout,
-            channel=self._channel(),
-            hosts=self._hosts,
         )
         await self._acknowledge(delivery)
 
@@ -309,15 +313,11 @@ class RabbitMQTransport:
             self._given_back(delivery, "dead-lettered")
             return
         message = dead_letter.message
-        await publish(
+        await self._publish(
             self._channel().default_exchange,
             encode_dead_letter(dead_letter),
+            f"the dead letter of {message.name} (message id {message.message_id})",
             routing_key=self.topology.dead_letter_queue,
-            mandatory=True,
-            what=f"the dead letter of {message.name} (message id {message.message_id})",
-            confirm_timeout=self._publish_timeout,
-            channel=self._channel(),
-            hosts=self._hosts,
         )
         await self._acknowledge(delivery)
 
