@@ -429,3 +429,33 @@ async def test_the_password_is_never_logged_nor_shown(
     assert caplog.records, "nothing was logged: the check would prove nothing"
     assert password not in caplog.text
     assert password not in "\n".join(shown)
+
+
+async def test_a_message_of_an_unknown_name_or_none_is_dead_lettered_and_work_goes_on(
+    endpoint: Endpoint, channel: aio_pika.abc.AbstractChannel
+) -> None:
+    handled: list[str] = []
+
+    async def job(message: Job, attributes: MessageAttributes) -> None:
+        handled.append(message.key)
+
+    async with bus_on(endpoint.transport(), job) as bus:
+        for name, message_id in (("busflow-test.Unknown", "unknown"), (None, "nameless")):
+            stray = aio_pika.Message(b"{}", type=name, message_id=message_id)
+            await channel.default_exchange.publish(stray, routing_key=endpoint.name)
+        await bus.send(Job(key="after"))
+
+        async def both_dead_lettered_and_handled() -> bool:
+            return handled == ["after"] and (
+                await message_count(channel, f"{endpoint.name}.dead-letter") == 2
+            )
+
+        await eventually(both_dead_lettered_and_handled)
+    async with DeadLetterQueue(endpoint.url, queue=endpoint.name) as dead_letters:
+        letters = {dead.message.message_id: dead for dead in await dead_letters.list()}
+    assert letters["unknown"].error_type == "busflow.MessageDecodeError"
+    assert "no handler here knows the message name 'busflow-test.Unknown'" in (
+        letters["unknown"].error_text
+    )
+    assert letters["nameless"].error_type == "busflow.MessageDecodeError"
+    assert "it has no message name" in letters["nameless"].error_text
