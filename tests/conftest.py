@@ -16,6 +16,8 @@ from pymongo import AsyncMongoClient, monitoring
 
 from busflow.mongodb import embedded_server_available, redact_uri
 
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
 _ran: Counter[str] = Counter()
 _skipped: dict[str, str] = {}
 _backend_of: dict[str, str] = {}
@@ -65,6 +67,56 @@ def wire_server() -> Iterator[WireServer]:
         process.terminate()
         process.wait(timeout=10)
         process.stdout.close()
+
+
+@dataclass(frozen=True)
+class RabbitMQServer:
+    url: str
+    label: str
+
+
+def amqp_url() -> str:
+    """``AMQP_URL`` when set, else the local RabbitMQ."""
+    return os.environ.get("AMQP_URL") or DEFAULT_AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> RabbitMQServer:
+    """The RabbitMQ tier's broker: ``AMQP_URL``, else the local server; skipped if it cannot
+    be reached, unless ``BUSFLOW_REQUIRE_RABBITMQ`` is set."""
+    url = amqp_url()
+    try:
+        version = _rabbitmq_version(url)
+    except Exception as error:
+        reason = f"RabbitMQ tier skipped: no RabbitMQ at {redact_uri(url)} ({error})"
+        if os.environ.get("BUSFLOW_REQUIRE_RABBITMQ"):
+            pytest.fail(f"BUSFLOW_REQUIRE_RABBITMQ is set but the {reason}")
+        _skipped["rabbitmq"] = reason
+        pytest.skip(reason)
+    scheme, _, rest = url.partition("://")
+    shown = f"{scheme}://{rest.rpartition('@')[2]}"
+    return RabbitMQServer(url, f"transport: RabbitMQ {version} at {shown}")
+
+
+def _rabbitmq_version(url: str) -> str:
+    """The broker's version, read over AMQP; raises if it cannot be reached."""
+    import asyncio
+
+    try:
+        import aio_pika
+    except ImportError:
+        raise RuntimeError('aio-pika is not installed: pip install "busflow[rabbitmq]"') from None
+
+    async def probe() -> str:
+        connection = await aio_pika.connect(url, timeout=5)
+        try:
+            assert connection.transport is not None
+            version = connection.transport.connection.server_properties.get("version", b"?")
+            return version.decode() if isinstance(version, bytes) else str(version)
+        finally:
+            await connection.close()
+
+    return asyncio.run(probe())
 
 
 class Commands(monitoring.CommandListener):
@@ -119,6 +171,18 @@ async def mongo_backend(request: pytest.FixtureRequest) -> AsyncIterator[MongoBa
 def label_backend(request: pytest.FixtureRequest, label: str) -> None:
     """Count the requesting test under ``label`` in the summary's backends section."""
     _backend_of[request.node.nodeid] = label
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``broker_restart`` stop the broker for a while: they run on request."""
+    if os.environ.get("BUSFLOW_TEST_BROKER_RESTART"):
+        return
+    skip = pytest.mark.skip(
+        reason="restarts the local RabbitMQ; set BUSFLOW_TEST_BROKER_RESTART=1 to run it"
+    )
+    for item in items:
+        if item.get_closest_marker("broker_restart"):
+            item.add_marker(skip)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

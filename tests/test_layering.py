@@ -13,7 +13,7 @@ LAYERS = [
     {"_errors", "_messages", "_uri"},
     {"_workflow", "_values"},
     {"_persistence", "_transport", "_timeouts"},
-    {"_memory", "_memory_transport", "mongodb"},
+    {"_memory", "_memory_transport", "mongodb", "rabbitmq"},
     {"_bus"},
     {"testing"},
     {"cli"},
@@ -70,12 +70,13 @@ def test_the_cli_and_the_demo_use_only_public_names() -> None:
     assert wrong == []
 
 
-def test_busflow_inspect_loads_neither_the_demo_nor_the_embedded_server() -> None:
+def test_busflow_inspect_loads_neither_the_demo_nor_the_embedded_server_nor_aio_pika() -> None:
     script = (
         "import sys\n"
         "from busflow.cli import main\n"
         "main(['inspect', '--uri', 'mongodb://127.0.0.1:1/', '--timeout', '0.2'])\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('busflow.cli._demo', 'mongoeco'))))\n"
+        "loaded = ('busflow.cli._demo', 'mongoeco', 'aio_pika', 'busflow.rabbitmq')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(loaded)))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False

@@ -28,8 +28,10 @@ ITEMS = ["keyboard", "mouse", "monitor", "cable"]
 def run(
     command: list[str], *args: str, environment: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` with MONGODB_URI unset unless ``environment`` sets it."""
-    env = {key: value for key, value in os.environ.items() if key != "MONGODB_URI"}
+    """Run ``command`` with MONGODB_URI and AMQP_URL unset unless ``environment`` sets them."""
+    env = {
+        key: value for key, value in os.environ.items() if key not in ("MONGODB_URI", "AMQP_URL")
+    }
     env.update(environment or {})
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, timeout=90, env=env, check=False

@@ -12,6 +12,7 @@ from bson.binary import UuidRepresentation
 
 __all__ = [
     "DEMO_DATABASE",
+    "DEMO_QUEUE",
     "PROGRAM",
     "RELAXED_JSON",
     "CommandError",
@@ -23,6 +24,8 @@ __all__ = [
 PROGRAM = "busflow"
 DEMO_DATABASE = "busflow_demo"
 """The database the demo uses unless ``--database`` names another."""
+DEMO_QUEUE = "busflow-demo"
+"""The queue (and the prefix of the exchanges) of the demo on RabbitMQ, unless ``--queue``."""
 
 RELAXED_JSON = json_util.RELAXED_JSON_OPTIONS.with_options(
     uuid_representation=UuidRepresentation.STANDARD
@@ -86,4 +89,15 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_seconds,
         default=5.0,
         help="seconds to wait for the server (default: 5)",
+    )
+    parser.add_argument(
+        "--amqp",
+        help="RabbitMQ URL: run the order service as two worker processes that share a queue "
+        "there and the database (default: AMQP_URL, else one process, no broker)",
+    )
+    parser.add_argument(
+        "--queue",
+        default=DEMO_QUEUE,
+        help=f"with --amqp, the workers' queue and the prefix of its exchanges "
+        f"(default: {DEMO_QUEUE})",
     )

@@ -15,6 +15,11 @@ Where it runs: ``--uri`` or ``MONGODB_URI`` if given; otherwise an embedded, in-
 server (mongoeco's wire server, ``busflow.mongodb.embedded``), or mongomock-motor if mongoeco
 is not installed. Each run uses order ids of its own, so running it twice against the same
 server leaves the first run's orders in place.
+
+With ``--amqp URL`` (or ``AMQP_URL``) the two instances of the order service are two worker
+processes (``busflow.cli._demo_worker``) that share the database and one queue on RabbitMQ;
+this process places the orders, and follows them in the database. The queue stays, empty,
+for ``busflow dead-letters list --queue busflow-demo``.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import IO, Any
 
 from bson import json_util
 from pydantic import Field
@@ -37,15 +45,20 @@ from pymongo.errors import PyMongoError
 from busflow import (
     Bus,
     BusflowError,
+    DeadLetter,
     Message,
     MessageAttributes,
     MessageWorkflowMapping,
+    Persistence,
     RetryPolicy,
+    Transport,
     Workflow,
     WorkflowMapper,
     WorkflowState,
+    WorkflowStatus,
 )
 from busflow.cli._common import RELAXED_JSON, CommandParser, add_demo_arguments
+from busflow.cli._dead_letters import quiet_driver_logs
 from busflow.mongodb import (
     EmbeddedServer,
     MongoPersistence,
@@ -160,17 +173,23 @@ class OrderWorkflow(Workflow[OrderState]):
         return self.complete_workflow(shipped=True)
 
 
-def build_bus(persistence: MongoPersistence) -> Bus:
-    """One instance of the order service: the workflow, and a warehouse that ships."""
+def build_bus(persistence: MongoPersistence, transport: Transport | None = None) -> Bus:
+    """One instance of the order service: the workflow, and a warehouse that ships.
+
+    On ``transport`` if given (a ``RabbitMQTransport`` in the worker processes), else on a
+    ``MemoryTransport`` of its own.
+    """
 
     async def warehouse(message: ShipOrder, attributes: MessageAttributes) -> None:
         # A plain handler; what it publishes carries the sticky workflow_id of ShipOrder.
         await bus.publish(OrderShipped(order_id=message.order_id))
 
     persistence.with_workflow_options(OrderState, unique_running=["order_id"])
+    configuration = Bus.configure()
+    if transport is not None:
+        configuration.with_transport(transport)
     bus = (
-        Bus.configure()
-        .with_persistence(persistence)
+        configuration.with_persistence(persistence)
         .with_workflow(OrderWorkflow)
         .with_handler(ShipOrder, warehouse)
         .with_concurrency(4)
@@ -194,13 +213,9 @@ class DemoOrder:
     """What the customer pays; ``None`` leaves the order unpaid, so its workflow runs on."""
 
 
-async def run_orders(services: Sequence[Bus], run_tag: str) -> list[OrderState]:
-    """Run the saga for this run's two orders; print what happened; return their states.
-
-    ``services`` are instances of the order service that share one database, as separate
-    processes would: messages for one order reach all of them, so their saves race.
-    """
-    orders = (
+def demo_orders(run_tag: str) -> tuple[DemoOrder, ...]:
+    """This run's two orders: one to fill, pay and ship; one left waiting for items."""
+    return (
         DemoOrder(
             f"order-{run_tag}-1",
             "ada",
@@ -217,18 +232,51 @@ async def run_orders(services: Sequence[Bus], run_tag: str) -> list[OrderState]:
         ),
     )
 
+
+def placed(order: DemoOrder) -> OrderPlaced:
+    return OrderPlaced(
+        order_id=order.order_id, customer=order.customer, expected_items=len(order.items)
+    )
+
+
+def report_placed(orders: Sequence[DemoOrder]) -> None:
+    for order in orders:
+        print(f"  {order.order_id} placed by {order.customer}, {len(order.items)} items to come")
+
+
+def report_paid(orders: Sequence[DemoOrder]) -> None:
+    for order in orders:
+        if order.amount is not None:
+            print(
+                f"  {order.order_id} paid {order.amount}; the workflow sent ShipOrder, and the "
+                "warehouse's OrderShipped reply found it by its sticky workflow_id"
+            )
+
+
+def report_outcome(states: Sequence[OrderState], dead_letters: Sequence[DeadLetter]) -> None:
+    for state in states:
+        print(f"  {state.order_id} is {describe(state)}")
+    for dead_letter in dead_letters:
+        error = f"{dead_letter.error_type}: {dead_letter.error_text}"
+        print(f"  failed for good: {dead_letter.handler}: {error}")
+
+
+async def run_orders(services: Sequence[Bus], run_tag: str) -> list[OrderState]:
+    """Run the saga for this run's two orders; print what happened; return their states.
+
+    ``services`` are instances of the order service that share one database, as separate
+    processes would: messages for one order reach all of them, so their saves race.
+    """
+    orders = demo_orders(run_tag)
+
     async def wait_until_idle() -> None:
         for service in services:
             await service.wait_until_idle(timeout=30)
 
     for order in orders:
-        placed = OrderPlaced(
-            order_id=order.order_id, customer=order.customer, expected_items=len(order.items)
-        )
-        await services[0].publish(placed)
+        await services[0].publish(placed(order))
     await wait_until_idle()
-    for order in orders:
-        print(f"  {order.order_id} placed by {order.customer}, {len(order.items)} items to come")
+    report_placed(orders)
 
     sent = 0
     for order in orders:
@@ -250,33 +298,31 @@ async def run_orders(services: Sequence[Bus], run_tag: str) -> list[OrderState]:
                 PaymentReceived(order_id=order.order_id, amount=order.amount)
             )
     await wait_until_idle()
-    for order in orders:
-        if order.amount is not None:
-            print(
-                f"  {order.order_id} paid {order.amount}; the workflow sent ShipOrder, and the "
-                "warehouse's OrderShipped reply found it by its sticky workflow_id"
-            )
+    report_paid(orders)
 
-    states = [await read_order(services[0], order.order_id) for order in orders]
-    for state in states:
-        print(f"  {state.order_id} is {describe(state)}")
-    for service in services:
-        for dead_letter in service.dead_letters:
-            error = f"{dead_letter.error_type}: {dead_letter.error_text}"
-            print(f"  failed for good: {dead_letter.handler}: {error}")
+    states = [await read_order(services[0].persistence, order.order_id) for order in orders]
+    report_outcome(states, [letter for service in services for letter in service.dead_letters])
     return states
 
 
-async def read_order(bus: Bus, order_id: str) -> OrderState:
+async def read_order(persistence: Persistence, order_id: str) -> OrderState:
     """An order's state, running or complete, as the workflow sees it."""
-    [state] = await bus.persistence.get_workflow_state(
+    state = await find_order(persistence, order_id)
+    if state is None:
+        raise DemoError(f"{order_id} is not in the database")
+    return state
+
+
+async def find_order(persistence: Persistence, order_id: str) -> OrderState | None:
+    """An order's state, running or complete; ``None`` before it was placed."""
+    found = await persistence.get_workflow_state(
         OrderState,
         BY_ORDER_ID,
         ItemAdded(order_id=order_id, item=""),
         MessageAttributes(),
         include_completed=True,
     )
-    return state
+    return found[0] if found else None
 
 
 def describe(state: OrderState) -> str:
@@ -326,10 +372,16 @@ class Backend:
     description: str
     uri: str | None
     """The server's connection string, if it outlives the demo (so the commands work)."""
+    shared_uri: str | None
+    """A connection string that other processes can use while the demo runs, if any."""
 
 
 class BackendUnavailableError(Exception):
     """No server was given and no embedded one can run here."""
+
+
+class DemoError(Exception):
+    """The demo could not go on; the message says why, in one line."""
 
 
 @contextlib.contextmanager
@@ -343,6 +395,7 @@ def choose_backend(
             lambda: MongoPersistence(given, database=database, connect_timeout=timeout),
             f"MongoDB at {redact_uri(uri)} (from {uri_source})",
             uri,
+            uri,
         )
         return
     if embedded_server_available():
@@ -352,6 +405,7 @@ def choose_backend(
                 f"an embedded mongoeco wire server at {server.uri} (no --uri or MONGODB_URI "
                 "given; it runs inside this process and its data is gone when the demo ends)",
                 None,
+                server.uri,
             )
         return
     try:
@@ -368,6 +422,7 @@ def choose_backend(
         "mongomock-motor, in process (no --uri or MONGODB_URI given and mongoeco is not "
         "installed; its data is gone when the demo ends)",
         None,
+        None,
     )
 
 
@@ -378,12 +433,7 @@ async def run_demo(backend: Backend, database: str) -> None:
     run_tag = uuid.uuid4().hex[:6]
     try:
         await persistences[0].initialize()  # fails fast, naming the host, if it is away
-        print(
-            f"database {database}, collection {collection}; this run's order ids carry the "
-            f"tag {run_tag}, so orders of earlier runs are left as they are"
-        )
-        print()
-        print("What happened:")
+        print_start(database, collection, run_tag)
         async with contextlib.AsyncExitStack() as running:
             services = [
                 await running.enter_async_context(build_bus(persistence))
@@ -394,7 +444,27 @@ async def run_demo(backend: Backend, database: str) -> None:
     finally:
         for persistence in persistences:
             await persistence.dispose()
+    print_report(backend, database, collection, states, documents)
 
+
+def print_start(database: str, collection: str, run_tag: str) -> None:
+    print(
+        f"database {database}, collection {collection}; this run's order ids carry the "
+        f"tag {run_tag}, so orders of earlier runs are left as they are"
+    )
+    print()
+    print("What happened:")
+
+
+def print_report(
+    backend: Backend,
+    database: str,
+    collection: str,
+    states: Sequence[OrderState],
+    documents: Sequence[dict[str, Any]],
+    more_commands: Sequence[str] = (),
+) -> None:
+    """The stored documents, and the commands that show them."""
     print()
     print(f"The stored documents (db.{collection}, relaxed Extended JSON):")
     for document in documents:
@@ -407,12 +477,206 @@ async def run_demo(backend: Backend, database: str) -> None:
         print(f'The mongo shell commands that show them (mongosh "{redact_uri(backend.uri)}"):')
     for command in shell_commands(collection, database, states):
         print(f"  {command}")
+    operator_commands = list(more_commands)
     if backend.uri is not None:
         uri = redact_uri(backend.uri)
+        operator_commands[:0] = [
+            f'busflow inspect --uri "{uri}" --database {database}',
+            f'busflow show --uri "{uri}" --database {database} {collection} --status running',
+        ]
+    if operator_commands:
         print()
-        print("Or with busflow's read-only operator commands:")
-        print(f'  busflow inspect --uri "{uri}" --database {database}')
-        print(f'  busflow show --uri "{uri}" --database {database} {collection} --status running')
+        print("Or with busflow's operator commands:")
+        for command in operator_commands:
+            print(f"  {command}")
+
+
+# On RabbitMQ: two worker processes
+
+
+WAIT_SECONDS = 30.0
+"""How long the demo waits for the workers to get each step done."""
+
+
+class Workers:
+    """The order service as worker processes (``python -m busflow.cli._demo_worker``).
+
+    They get the connection strings in their environment, never on their command line, where
+    ``ps`` would show a password.
+    """
+
+    def __init__(self, count: int, *, amqp: str, uri: str, database: str, queue: str) -> None:
+        environment = {**os.environ, "AMQP_URL": amqp, "MONGODB_URI": uri}
+        command = [
+            sys.executable,
+            *("-m", "busflow.cli._demo_worker"),
+            *("--database", database, "--queue", queue),
+        ]
+        self._logs: list[IO[str]] = []
+        self.processes: list[subprocess.Popen[str]] = []
+        for _ in range(count):
+            log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in stop()
+            self._logs.append(log)
+            self.processes.append(
+                subprocess.Popen(  # noqa: S603 - this interpreter, busflow's own module
+                    command, env=environment, stdout=subprocess.PIPE, stderr=log, text=True
+                )
+            )
+
+    async def ready(self) -> None:
+        """Wait until every worker says it is ready."""
+        for number, process in enumerate(self.processes, 1):
+            assert process.stdout is not None
+            try:
+                async with asyncio.timeout(WAIT_SECONDS):
+                    line = await asyncio.to_thread(process.stdout.readline)
+            except TimeoutError:
+                raise DemoError(
+                    f"worker {number} did not start within {WAIT_SECONDS:g} s"
+                ) from None
+            if line.strip() != "ready":
+                process.wait()
+                raise DemoError(f"worker {number} failed to start: {self._last_words(number)}")
+
+    def check(self) -> None:
+        """Raise if a worker has ended."""
+        for number, process in enumerate(self.processes, 1):
+            if process.poll() is not None:
+                raise DemoError(
+                    f"worker {number} ended (exit status {process.returncode}): "
+                    f"{self._last_words(number)}"
+                )
+
+    def stop(self) -> list[str]:
+        """Stop every worker (SIGTERM: each finishes what it holds); what each says at the end."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        said: list[str] = []
+        for process in self.processes:
+            try:
+                out, _ = process.communicate(timeout=WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                out, _ = process.communicate()
+            said.append(out.strip())
+        for log in self._logs:
+            log.close()
+        return said
+
+    def _last_words(self, number: int) -> str:
+        log = self._logs[number - 1]
+        log.seek(0)
+        lines = [line.strip() for line in log.read().splitlines() if line.strip()]
+        return lines[-1] if lines else "it wrote nothing"
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, workers: Workers) -> None:
+    """Wait until ``check()`` holds: the workers do the work, this process watches."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_SECONDS
+    while not await check():
+        workers.check()
+        if loop.time() > deadline:
+            raise DemoError(f"{what} did not happen within {WAIT_SECONDS:g} s")
+        await asyncio.sleep(0.05)
+
+
+async def run_orders_on_workers(
+    sender: Bus, persistence: MongoPersistence, run_tag: str, workers: Workers
+) -> list[OrderState]:
+    """The same saga as ``run_orders``, sent through RabbitMQ to the worker processes; this
+    process follows each step in the database."""
+    orders = demo_orders(run_tag)
+
+    async def states_are(condition: Callable[[OrderState], bool]) -> bool:
+        states = [await find_order(persistence, order.order_id) for order in orders]
+        return all(state is not None and condition(state) for state in states)
+
+    for order in orders:
+        await sender.publish(placed(order))
+    await until(lambda: states_are(lambda _: True), "placing the orders", workers)
+    report_placed(orders)
+
+    sent = 0
+    for order in orders:
+        for item in order.items[: order.items_to_add]:
+            await sender.publish(ItemAdded(order_id=order.order_id, item=item))
+            sent += 1
+    wanted = {order.order_id: order.items_to_add for order in orders}
+    await until(
+        lambda: states_are(lambda state: len(state.items) == wanted[state.order_id]),
+        "adding the items",
+        workers,
+    )
+    print(
+        f"  {sent} ItemAdded messages on one queue, taken by {len(workers.processes)} worker "
+        "processes at once: their saves race, and the loser of each race is run again on "
+        "fresh state"
+    )
+
+    for order in orders:
+        if order.amount is not None:
+            await sender.publish(PaymentReceived(order_id=order.order_id, amount=order.amount))
+    paid = {order.order_id for order in orders if order.amount is not None}
+    await until(
+        lambda: states_are(
+            lambda state: (
+                state.order_id not in paid or state.workflow_status is WorkflowStatus.COMPLETE
+            )
+        ),
+        "paying and shipping",
+        workers,
+    )
+    report_paid(orders)
+    return [await read_order(persistence, order.order_id) for order in orders]
+
+
+async def run_demo_on_rabbitmq(backend: Backend, database: str, amqp: str, queue: str) -> None:
+    """Run the saga on worker processes that share ``queue`` and the database."""
+    from busflow.rabbitmq import DeadLetterQueue, RabbitMQTransport
+
+    if backend.shared_uri is None:
+        raise BackendUnavailableError(
+            "with --amqp the worker processes need a MongoDB they can share: pass --uri "
+            'mongodb://HOST/, or pip install "mongoeco[wire]" for an embedded one'
+        )
+    persistence = backend.new_persistence()
+    collection = persistence.collection_name(OrderState)
+    run_tag = uuid.uuid4().hex[:6]
+    transport = RabbitMQTransport(amqp, queue=queue, prefix=queue)
+    sender = Bus.configure().with_transport(transport).build()  # it sends; it handles nothing
+    try:
+        await persistence.initialize()  # these two fail fast, naming the host, if it is away
+        async with sender:
+            print_start(database, collection, run_tag)
+            workers = Workers(
+                SERVICE_INSTANCES,
+                amqp=amqp,
+                uri=backend.shared_uri,
+                database=database,
+                queue=queue,
+            )
+            try:
+                await workers.ready()
+                states = await run_orders_on_workers(sender, persistence, run_tag, workers)
+            finally:
+                said = await asyncio.to_thread(workers.stop)
+        for number, words in enumerate(said, 1):
+            print(f"  worker process {number}: {words}")
+        async with DeadLetterQueue(amqp, queue=queue) as dead_letters:
+            report_outcome(states, await dead_letters.list())
+        documents = await stored_documents(persistence, states)
+    finally:
+        await persistence.dispose()
+    print_report(
+        backend,
+        database,
+        collection,
+        states,
+        documents,
+        [f'busflow dead-letters list --amqp "{redact_uri(amqp)}" --queue {queue}'],
+    )
 
 
 def run(arguments: argparse.Namespace, *, program: str = "busflow demo") -> int:
@@ -420,22 +684,35 @@ def run(arguments: argparse.Namespace, *, program: str = "busflow demo") -> int:
     uri, source = arguments.uri, "--uri"
     if not uri and os.environ.get("MONGODB_URI"):
         uri, source = os.environ["MONGODB_URI"], "MONGODB_URI"
+    amqp: str | None = arguments.amqp or os.environ.get("AMQP_URL")
+    if amqp:
+        quiet_driver_logs()
     try:
         with choose_backend(uri, source, arguments.database, arguments.timeout) as backend:
-            print(f"{program}: running on {backend.description}", flush=True)
-            asyncio.run(run_demo(backend, arguments.database))
-    except (BusflowError, BackendUnavailableError) as error:
+            if amqp:
+                print(
+                    f"{program}: running on {backend.description}, with RabbitMQ at "
+                    f"{redact_uri(amqp)} (from {'--amqp' if arguments.amqp else 'AMQP_URL'})",
+                    flush=True,
+                )
+                asyncio.run(
+                    run_demo_on_rabbitmq(backend, arguments.database, amqp, arguments.queue)
+                )
+            else:
+                print(f"{program}: running on {backend.description}", flush=True)
+                asyncio.run(run_demo(backend, arguments.database))
+    except (BusflowError, BackendUnavailableError, DemoError) as error:
         message = str(error)
     except PyMongoError as error:
         message = f"MongoDB failed: {error} ({type(error).__name__})"
     else:
         return 0
-    print(f"{program}: {mask_password(message, uri)}", file=sys.stderr)
+    print(f"{program}: {mask_password(mask_password(message, uri), amqp)}", file=sys.stderr)
     return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python examples/order_saga.py [--uri URI] [--database DB]``."""
+    """``python examples/order_saga.py [--uri URI] [--database DB] [--amqp URL]``."""
     parser = CommandParser(
         prog="order_saga.py", description=__doc__.split("\n\n", 1)[0] if __doc__ else None
     )

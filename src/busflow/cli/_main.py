@@ -6,12 +6,16 @@
     busflow show [--uri URI] [--database DB] COLLECTION [--id ID | --where FIELD=VALUE]
                  [--status running|complete] [--limit N]
         stored documents as relaxed Extended JSON
-    busflow demo [--uri URI] [--database DB]
+    busflow demo [--uri URI] [--database DB] [--amqp URL]
         run the order saga example (``busflow.demo``)
+    busflow dead-letters list --queue QUEUE [--amqp URL] [--limit N] [--traceback]
+        an endpoint's dead letters on RabbitMQ (QUEUE.dead-letter), oldest first
+    busflow dead-letters replay --queue QUEUE [--amqp URL] (--id ID | --all)
+        send dead letters back to QUEUE, to be handled again
 
-``--uri`` defaults to ``MONGODB_URI``. ``inspect`` and ``show`` never write. Every error is
-one line on standard error and a non-zero exit status; a password in the connection string
-is never printed.
+``--uri`` defaults to ``MONGODB_URI``, ``--amqp`` to ``AMQP_URL``. ``inspect`` and ``show``
+never write. Every error is one line on standard error and a non-zero exit status; a
+password in a connection string is never printed.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from busflow.cli._common import (
     add_demo_arguments,
     positive_seconds,
 )
+from busflow.cli._dead_letters import list_dead_letters, replay_dead_letters
 from busflow.mongodb import (
     OUTBOX_FIELD as OUTBOX,
 )
@@ -499,7 +504,8 @@ def demo(arguments: argparse.Namespace) -> int:
 def build_parser() -> CommandParser:
     parser = CommandParser(
         prog=PROGRAM,
-        description="Look at busflow's workflow state in MongoDB (read-only), or run the demo.",
+        description="Look at busflow's workflow state in MongoDB (read-only), see and replay "
+        "dead letters on RabbitMQ, or run the demo.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -570,6 +576,49 @@ def build_parser() -> CommandParser:
     )
     add_demo_arguments(demo_parser)
     demo_parser.set_defaults(command=demo)
+
+    dead_letters = commands.add_parser(
+        "dead-letters",
+        help="an endpoint's dead letters on RabbitMQ: list them, or replay them",
+        description="The messages that failed for good on an endpoint queue, kept in "
+        "QUEUE.dead-letter with why in their headers.",
+    )
+    actions = dead_letters.add_subparsers(title="actions", metavar="ACTION", required=True)
+    broker = CommandParser(add_help=False)
+    broker.add_argument("--amqp", help="RabbitMQ URL (default: the AMQP_URL environment variable)")
+    broker.add_argument(
+        "--queue", required=True, help="the endpoint's queue, as given to RabbitMQTransport"
+    )
+    broker.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=5.0,
+        help="seconds to wait for the broker (default: 5)",
+    )
+    list_parser = actions.add_parser(
+        "list",
+        parents=[broker],
+        help="print the dead letters, oldest first (they stay where they are)",
+        description="Print each dead letter: its id, name, attempts, the handler that failed "
+        "and its error. Nothing is removed.",
+    )
+    list_parser.add_argument("--limit", type=_limit, help="print at most N")
+    list_parser.add_argument(
+        "--traceback", action="store_true", help="print each error's traceback too"
+    )
+    list_parser.set_defaults(command=list_dead_letters)
+    replay_parser = actions.add_parser(
+        "replay",
+        parents=[broker],
+        help="send dead letters back to the queue, to be handled again",
+        description="Send a dead letter (--id) or all of them (--all) back to the endpoint "
+        "queue as a first attempt. Each keeps its id and skips the handlers that had "
+        "finished with it; it leaves the dead letters once the broker has its copy.",
+    )
+    which_letters = replay_parser.add_mutually_exclusive_group(required=True)
+    which_letters.add_argument("--id", help="the message id of the dead letter to replay")
+    which_letters.add_argument("--all", action="store_true", help="replay every dead letter")
+    replay_parser.set_defaults(command=replay_dead_letters)
     return parser
 
 
@@ -585,6 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_command_line(argv)
     command: Callable[[argparse.Namespace], int] = arguments.command
     uri: str | None = getattr(arguments, "uri", None) or os.environ.get("MONGODB_URI")
+    amqp: str | None = getattr(arguments, "amqp", None) or os.environ.get("AMQP_URL")
     try:
         status = command(arguments)
         sys.stdout.flush()  # here, so that a closed pipe is caught below
@@ -602,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # a bug: still one line, never a traceback
         message = f"unexpected {type(error).__name__}: {error}; please report this as a bug"
         status = 1
-    print(f"{PROGRAM}: {mask_password(message, uri)}", file=sys.stderr)
+    print(f"{PROGRAM}: {mask_password(mask_password(message, uri), amqp)}", file=sys.stderr)
     return status
 
 

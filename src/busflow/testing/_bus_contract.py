@@ -396,8 +396,11 @@ class BusContract:
         bus = self.bus_on(transport, concurrency=8, ordered=False, policy=once)
         async with bus:
             await self.open_account(bus, "a-1")
-            for seq in range(80):
-                await bus.send(Deposited(account="a-1", seq=seq))
+            # Sent at once: one by one, a broker's confirm takes longer than the handling,
+            # so each message would be handled before the next arrived, and none would race.
+            await asyncio.gather(
+                *(bus.send(Deposited(account="a-1", seq=seq)) for seq in range(80))
+            )
             await bus.wait_until_idle(timeout=30)
             state = await self.account(bus, "a-1")
         assert state is not None
