@@ -108,8 +108,9 @@ class Bus:
         kept = getattr(self.transport, "dead_letters", None)
         if kept is None:
             raise BusError(
-                f"{type(self.transport).__name__} keeps dead letters outside this process; "
-                "read them where it keeps them"
+                f"{type(self.transport).__name__} keeps dead letters outside this process; read "
+                "them where it keeps them (for RabbitMQTransport: busflow.rabbitmq."
+                "DeadLetterQueue, or `busflow dead-letters list --queue QUEUE`)"
             )
         return list(kept)
 
