@@ -1094,3 +1094,41 @@ async def test_a_timeout_is_stored_only_when_the_handlers_save_succeeds() -> Non
     assert bus.metrics.conflicts == 1, "the first run lost its save"
     assert state.reminded == 1
     assert state.reminder_from_version == 2, "the run that lost its save stored no timeout"
+
+
+class ElsewhereTransport:
+    """A transport that keeps its dead letters outside this process, as a broker does."""
+
+    def __init__(self) -> None:
+        self._inner = MemoryTransport()
+
+    async def start(self, subscription: Any) -> None:
+        await self._inner.start(subscription)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    async def send(self, message: Any) -> None:
+        await self._inner.send(message)
+
+    async def publish(self, message: Any) -> None:
+        await self._inner.publish(message)
+
+    async def receive(self) -> Any:
+        return await self._inner.receive()
+
+    async def complete(self, delivery: Any) -> None:
+        await self._inner.complete(delivery)
+
+    async def retry(self, delivery: Any, message: Any, delay: float) -> None:
+        await self._inner.retry(delivery, message, delay)
+
+    async def dead_letter(self, delivery: Any, dead_letter: Any) -> None:
+        await self._inner.dead_letter(delivery, dead_letter)
+
+
+async def test_dead_letters_kept_elsewhere_say_where_to_read_them() -> None:
+    bus = Bus.configure().with_transport(ElsewhereTransport()).build()
+
+    with pytest.raises(BusError, match="ElsewhereTransport keeps dead letters outside"):
+        _ = bus.dead_letters
