@@ -50,13 +50,7 @@ async def main() -> None:
         await bus.wait_until_idle()
         await bus.publish(OrderPaid(order_id="o-1"))
         await bus.wait_until_idle()
-        [state] = await bus.persistence.get_workflow_state(
-            OrderState,
-            MessageWorkflowMapping(lookup=lambda *_: "o-1", maps_to="order_id"),
-            OrderPaid(order_id="o-1"),
-            MessageAttributes(),
-            include_completed=True,
-        )
+        [state] = await bus.find_workflows(OrderState, "order_id", "o-1")
     print(state.model_dump_json())
 
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from busflow._errors import WorkflowConcurrencyError
 from busflow._messages import Message, MessageAttributes
-from busflow._persistence import CoreDependencies, resolve_lookup
+from busflow._persistence import CoreDependencies, WorkflowReads, resolve_lookup
 from busflow._timeouts import ClaimedMessage, ScheduledMessage
 from busflow._values import lookup_key, store_state
 from busflow._workflow import (
@@ -127,7 +127,7 @@ class _ScheduledMessages:
             del self._waiting[message_id]
 
 
-class InMemoryPersistence:
+class InMemoryPersistence(WorkflowReads):
     """Keeps workflow states, and messages to deliver later, in memory; lost with the process.
 
     It enforces versions exactly as ``MongoPersistence`` does, keeps datetimes to the

@@ -246,6 +246,18 @@ class StateTypesByName:
 _SET_BY_BUSFLOW = ("workflow_status", "workflow_version", "workflow_applied", "workflow_outbox")
 
 
+def lookup_field_problem(state_type: type[WorkflowState], field_name: str) -> str | None:
+    """Why states cannot be looked up by ``field_name``, if they cannot: it is not a field of
+    the state, or busflow sets it itself (``workflow_status``, ``workflow_version``, the
+    record). Said to follow "maps to" or "by"."""
+    fields = sorted(set(state_type.model_fields) - set(_SET_BY_BUSFLOW))
+    if field_name in _SET_BY_BUSFLOW:
+        return f"{field_name!r}, which busflow sets itself; use one of {fields}"
+    if field_name not in state_type.model_fields:
+        return f"{field_name!r}, which is not a field of {state_type.__name__}; fields are {fields}"
+    return None
+
+
 def check_mapping_fields(
     state_type: type[WorkflowState],
     mappings: Sequence[MessageWorkflowMapping[Any, Any]],
@@ -255,16 +267,9 @@ def check_mapping_fields(
     """Fail with a clear error if a mapping maps to a field the state does not have, or to
     one that busflow sets itself (``workflow_status``, ``workflow_version``, the record)."""
     for mapping in mappings:
-        if mapping.maps_to in _SET_BY_BUSFLOW:
-            raise ConfigurationError(
-                f"{owner}: a mapping maps to {mapping.maps_to!r}, which busflow sets itself; "
-                "map to a field of your own, or to workflow_id"
-            )
-        if mapping.maps_to not in state_type.model_fields:
-            raise ConfigurationError(
-                f"{owner}: a mapping maps to {mapping.maps_to!r}, which is not a field of "
-                f"{state_type.__name__}; fields are {sorted(state_type.model_fields)}"
-            )
+        problem = lookup_field_problem(state_type, mapping.maps_to)
+        if problem is not None:
+            raise ConfigurationError(f"{owner}: a mapping maps to {problem}")
 
 
 class WorkflowSender(Protocol):

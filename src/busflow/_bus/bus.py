@@ -33,7 +33,7 @@ from busflow._errors import BusError, BusIdleTimeoutError, BusNotRunningError, C
 from busflow._memory import InMemoryPersistence
 from busflow._memory_transport import MemoryTransport
 from busflow._messages import Message, MessageAttributes
-from busflow._persistence import CoreDependencies, Persistence
+from busflow._persistence import CoreDependencies, Persistence, find_workflow, find_workflows
 from busflow._timeouts import ScheduledMessage, TimeoutStore
 from busflow._transport import DeadLetter, Subscription, Transport, TransportMessage
 from busflow._workflow import Workflow, WorkflowState
@@ -41,6 +41,7 @@ from busflow._workflow import Workflow, WorkflowState
 __all__ = ["Bus", "BusConfiguration"]
 
 M = TypeVar("M", bound=Message)
+S = TypeVar("S", bound=WorkflowState)
 
 CANCEL_GRACE = 0.5
 """Seconds ``dispose`` waits for handlers it cancelled, after the dispose timeout."""
@@ -413,6 +414,28 @@ class Bus:
             if expected:
                 self._tracker.forget(message.message_id)
             raise
+
+    # reading
+
+    async def find_workflow(self, state_type: type[S], workflow_id: str) -> S | None:
+        """The state of ``state_type`` with ``workflow_id``, completed or not; ``None`` if
+        there is none. Reads the persistence, whatever it is, with no message or mapping."""
+        return await find_workflow(self.persistence, state_type, workflow_id)
+
+    async def find_workflows(
+        self,
+        state_type: type[S],
+        field_name: str,
+        value: object,
+        *,
+        include_completed: bool = True,
+    ) -> list[S]:
+        """The states of ``state_type`` whose ``field_name`` equals ``value``; completed ones
+        too unless ``include_completed=False``. A field the state lacks raises
+        ``ConfigurationError``; a value that is not a scalar, ``InvalidLookupValueError``."""
+        return await find_workflows(
+            self.persistence, state_type, field_name, value, include_completed=include_completed
+        )
 
     # receiving
 

@@ -20,7 +20,7 @@ from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import WorkflowSubscriber
 from busflow._bus.timeouts import DUE_AT_ATTRIBUTE
 from busflow._errors import HandlerResultError, WorkflowConcurrencyError, WorkflowUniquenessError
-from busflow._persistence import Persistence
+from busflow._persistence import Persistence, find_workflow
 from busflow._workflow import (
     MessageWorkflowMapping,
     WorkflowSender,
@@ -91,7 +91,7 @@ class WorkflowRunner:
                 self._metrics.conflicts += 1
                 if derived is None:
                     continue  # a random id that happened to exist: draw another
-            existing = await self._read(subscriber, handling, derived, include_completed=True)
+            existing = await self._read(subscriber, derived)
             if existing is not None:
                 if not await self._if_applied(subscriber, handling, existing):
                     self._metrics.duplicate_starts += 1
@@ -177,7 +177,7 @@ class WorkflowRunner:
     async def _run_on_fresh(
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, workflow_id: str
     ) -> None:
-        state = await self._read(subscriber, handling, workflow_id, include_completed=True)
+        state = await self._read(subscriber, workflow_id)
         if state is not None:
             await self._run_on(subscriber, handling, state)
 
@@ -198,9 +198,7 @@ class WorkflowRunner:
                 raise
             except WorkflowConcurrencyError:
                 self._metrics.conflicts += 1
-                fresh = await self._read(
-                    subscriber, handling, state.workflow_id, include_completed=True
-                )
+                fresh = await self._read(subscriber, state.workflow_id)
                 if fresh is None:
                     self._no_longer_running(subscriber, handling, state.workflow_id)
                     return
@@ -253,20 +251,10 @@ class WorkflowRunner:
         )
 
     async def _read(
-        self,
-        subscriber: WorkflowSubscriber[Any],
-        handling: Handling,
-        workflow_id: str,
-        *,
-        include_completed: bool,
+        self, subscriber: WorkflowSubscriber[Any], workflow_id: str
     ) -> WorkflowState | None:
-        by_id: MessageWorkflowMapping[Any, Any] = MessageWorkflowMapping(
-            lookup=lambda _message, _attributes: workflow_id, maps_to="workflow_id"
-        )
-        found = await self._persistence.get_workflow_state(
-            subscriber.state_type, by_id, handling.message, handling.attributes, include_completed
-        )
-        return found[0] if found else None
+        """The workflow with ``workflow_id``, completed or not, fresh from the persistence."""
+        return await find_workflow(self._persistence, subscriber.state_type, workflow_id)
 
     async def _run_handler(
         self,
@@ -324,9 +312,7 @@ class WorkflowRunner:
                 raise
             if not is_retryable(error):
                 raise
-            stored = await self._read(
-                subscriber, handling, state.workflow_id, include_completed=True
-            )
+            stored = await self._read(subscriber, state.workflow_id)
             landed = (
                 stored is not None
                 and stored.workflow_version == state.workflow_version + 1

@@ -29,7 +29,7 @@ from busflow._errors import (
     WorkflowUniquenessError,
 )
 from busflow._messages import Message, MessageAttributes
-from busflow._persistence import CoreDependencies, resolve_lookup
+from busflow._persistence import CoreDependencies, WorkflowReads, resolve_lookup
 from busflow._timeouts import ClaimedMessage, ScheduledMessage
 from busflow._uri import hosts_of, mask_password, redact_uri
 from busflow._values import OUTBOX
@@ -205,7 +205,7 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-class MongoPersistence:
+class MongoPersistence(WorkflowReads):
     """Keeps workflow state in MongoDB: one collection per state type, versioned documents.
 
     Give it a connection string, ``MongoPersistence("mongodb://host/", database="workflows")``,
