@@ -14,8 +14,8 @@ from fastapi import FastAPI, HTTPException
 
 from busflow import Bus, Message, MessageAttributes, Workflow, WorkflowMapper, WorkflowState
 
-RECORD = {"workflow_applied", "workflow_outbox"}
-"""busflow's record of what messages did: not for the service's clients."""
+RECORD = {"workflow_applied", "workflow_outbox", "workflow_originator"}
+"""busflow's record of what messages did and who started the workflow: not for clients."""
 
 
 class OrderPlaced(Message):

@@ -41,9 +41,9 @@ class Persistence(Protocol):
     whatever the stored version, without changing it); the bus calls them when present.
     Without ``prepare`` a persistence must still work, logging under its own logger name.
 
-    A persistence stores every field of a state, the framework's ``workflow_applied`` and
-    ``workflow_outbox`` included, in one atomic write: that is what makes a message's effects
-    happen once.
+    A persistence stores every field of a state, the framework's ``workflow_applied``,
+    ``workflow_outbox`` and ``workflow_originator`` included, in one atomic write: that is what
+    makes a message's effects happen once.
     """
 
     def prepare(self, core_dependencies: CoreDependencies) -> None:

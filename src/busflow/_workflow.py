@@ -11,20 +11,36 @@ from typing import Any, ClassVar, Generic, Protocol, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from busflow._errors import ConfigurationError
+from busflow._errors import BusError, ConfigurationError
 from busflow._messages import Message, MessageAttributes
 
 __all__ = [
+    "SENT_BY_WORKFLOW_ID",
+    "SENT_BY_WORKFLOW_NAME",
+    "WORKFLOW_ID",
+    "WORKFLOW_NAME",
     "MessageWorkflowMapping",
     "OutboxMessage",
     "StateTypesByName",
     "Workflow",
+    "WorkflowAddress",
     "WorkflowHandler",
     "WorkflowMapper",
     "WorkflowSender",
     "WorkflowState",
     "WorkflowStatus",
+    "addressee_of",
+    "sender_of",
 ]
+
+WORKFLOW_ID = "workflow_id"
+"""Sticky attribute: the workflow that replies go back to (by default, the one that sent)."""
+WORKFLOW_NAME = "workflow_name"
+"""Sticky attribute: that workflow's ``workflow_name``."""
+SENT_BY_WORKFLOW_ID = "busflow_sent_by_workflow_id"
+"""Attribute of one message: the workflow whose handler sent it."""
+SENT_BY_WORKFLOW_NAME = "busflow_sent_by_workflow_name"
+"""Attribute of one message: that workflow's ``workflow_name``."""
 
 
 class WorkflowStatus(enum.StrEnum):
@@ -58,6 +74,32 @@ class OutboxMessage(BaseModel):
     died (``OUTBOX_RESCUE_AFTER``)."""
 
 
+class WorkflowAddress(BaseModel):
+    """One workflow instance: its ``workflow_name`` and its ``workflow_id``."""
+
+    workflow_name: str
+    workflow_id: str
+
+    @classmethod
+    def of(cls, name: object, workflow_id: object) -> WorkflowAddress | None:
+        """The address of two attribute values, if both are strings."""
+        if isinstance(name, str) and isinstance(workflow_id, str):
+            return cls(workflow_name=name, workflow_id=workflow_id)
+        return None
+
+
+def addressee_of(attributes: MessageAttributes) -> WorkflowAddress | None:
+    """The workflow a message is addressed to by its sticky attributes, if any."""
+    sticky = attributes.sticky_attributes
+    return WorkflowAddress.of(sticky.get(WORKFLOW_NAME), sticky.get(WORKFLOW_ID))
+
+
+def sender_of(attributes: MessageAttributes) -> WorkflowAddress | None:
+    """The workflow whose handler sent a message, if a workflow's did."""
+    plain = attributes.attributes
+    return WorkflowAddress.of(plain.get(SENT_BY_WORKFLOW_NAME), plain.get(SENT_BY_WORKFLOW_ID))
+
+
 class WorkflowState(BaseModel):
     """Base class for the state that a workflow keeps between messages.
 
@@ -82,6 +124,8 @@ class WorkflowState(BaseModel):
     """The ids of the latest messages applied to this workflow, oldest first."""
     workflow_outbox: list[OutboxMessage] = Field(default_factory=list)
     """Messages that handlers sent, saved with the state, that may not have left yet."""
+    workflow_originator: WorkflowAddress | None = None
+    """The workflow whose message started this one, if one did (``reply_to_originator``)."""
 
 
 M = TypeVar("M", bound=Message)
@@ -104,7 +148,7 @@ class MessageWorkflowMapping(Generic[M, S]):
 def workflow_id_from_sticky_attributes(
     _message: Message, attributes: MessageAttributes
 ) -> str | None:
-    value = attributes.sticky_attributes.get("workflow_id")
+    value = attributes.sticky_attributes.get(WORKFLOW_ID)
     return value if isinstance(value, str) else None
 
 
@@ -243,7 +287,13 @@ class StateTypesByName:
             )
 
 
-_SET_BY_BUSFLOW = ("workflow_status", "workflow_version", "workflow_applied", "workflow_outbox")
+_SET_BY_BUSFLOW = (
+    "workflow_status",
+    "workflow_version",
+    "workflow_applied",
+    "workflow_outbox",
+    "workflow_originator",
+)
 
 
 def lookup_field_problem(state_type: type[WorkflowState], field_name: str) -> str | None:
@@ -329,6 +379,35 @@ class Workflow(Generic[S]):
         """
         await self.bus.send(message, deliver_after=after, deliver_at=at)
 
+    async def reply_to_originator(self, state: S, message: Message) -> None:
+        """Send ``message`` to the workflow whose message started this one.
+
+        Handle it there with ``mapper.when(MessageType, handler)``: it arrives by the sticky
+        ``workflow_id``. Raises ``BusError`` if no workflow's message started this one.
+        """
+        originator = state.workflow_originator
+        if originator is None:
+            raise BusError(
+                f"{type(self).__name__} cannot reply to the originator of workflow "
+                f"{state.workflow_id}: no workflow's message started it; send "
+                f"{type(message).__name__} instead"
+            )
+        await self.bus.send(message, _addressed_to(originator))
+
+    async def reply(self, attributes: MessageAttributes, message: Message) -> None:
+        """Send ``message`` to the workflow that sent the message whose ``attributes`` these are.
+
+        Handle it there with ``mapper.when(MessageType, handler)``: it arrives by the sticky
+        ``workflow_id``. Raises ``BusError`` if no workflow's handler sent that message.
+        """
+        sender = sender_of(attributes)
+        if sender is None:
+            raise BusError(
+                f"{type(self).__name__} cannot reply with {type(message).__name__}: the "
+                "message being handled was not sent by a workflow; send it instead"
+            )
+        await self.bus.send(message, _addressed_to(sender))
+
     def complete_workflow(self, **changes: Any) -> dict[str, Any]:
         """Return ``changes`` that also mark the workflow complete; it gets no more messages."""
         return {**changes, "workflow_status": WorkflowStatus.COMPLETE}
@@ -336,3 +415,10 @@ class Workflow(Generic[S]):
     def discard_workflow(self) -> dict[str, Any]:
         """Return a result that drops the handler's changes: nothing is saved."""
         return {"workflow_status": WorkflowStatus.DISCARD}
+
+
+def _addressed_to(workflow: WorkflowAddress) -> MessageAttributes:
+    """Attributes that make a message find ``workflow`` by the sticky ``workflow_id``."""
+    return MessageAttributes(
+        sticky_attributes={WORKFLOW_ID: workflow.workflow_id, WORKFLOW_NAME: workflow.workflow_name}
+    )

@@ -114,7 +114,7 @@ class Dispatcher:
         context = HandlingContext(
             self._sender,
             handling.attributes,
-            workflow_id=None,
+            workflow=None,
             handler=subscriber.name,
         )
         self._metrics.handler_runs += 1

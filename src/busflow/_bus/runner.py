@@ -23,9 +23,12 @@ from busflow._errors import HandlerResultError, WorkflowConcurrencyError, Workfl
 from busflow._persistence import Persistence, find_workflow
 from busflow._workflow import (
     MessageWorkflowMapping,
+    WorkflowAddress,
     WorkflowSender,
     WorkflowState,
     WorkflowStatus,
+    addressee_of,
+    sender_of,
 )
 
 __all__ = ["WorkflowRunner", "apply_handler_result"]
@@ -78,8 +81,11 @@ class WorkflowRunner:
         message_id = handling.attributes.message_id
         state_type = subscriber.state_type
         derived = None if message_id is None else workflow_id_for(message_id, state_type)
+        originator = addressee_of(handling.attributes)
         for _ in range(self._policy.max_stalled_conflicts):
-            state = state_type.model_validate({"workflow_id": derived or str(uuid.uuid4())})
+            state = state_type.model_validate(
+                {"workflow_id": derived or str(uuid.uuid4()), "workflow_originator": originator}
+            )
             try:
                 await self._run_handler(subscriber, handling, state, always_save=True)
                 return
@@ -165,10 +171,10 @@ class WorkflowRunner:
                 await self._if_applied(subscriber, handling, state)
             if applied:
                 return
-        self._count_ignored(handling)
-        self._logger.info(
-            "%s: no running %s matches %s=%r; the message was ignored",
-            subscriber.name,
+        self._ignore(
+            subscriber,
+            handling,
+            "no running %s matches %s=%r; the message was ignored",
             subscriber.state_type.workflow_name,
             mapping.maps_to,
             _safe_lookup(mapping, handling),
@@ -233,19 +239,33 @@ class WorkflowRunner:
         )
         return True
 
-    def _count_ignored(self, handling: Handling) -> None:
-        """A message that found no running workflow: unmatched, and a timeout if it is one."""
+    def _ignore(
+        self,
+        subscriber: WorkflowSubscriber[Any],
+        handling: Handling,
+        why: str,
+        *arguments: object,
+    ) -> None:
+        """A message that found no running workflow: counted as unmatched, and as a timeout if
+        it is one. One that another workflow sent to this workflow (a reply) is counted as an
+        unmatched reply and logged at WARNING, since its sender may be waiting for an answer."""
         self._metrics.unmatched += 1
         if DUE_AT_ATTRIBUTE in handling.attributes.attributes:
             self._metrics.timeouts_ignored += 1
+        level = logging.INFO
+        if _from_another_workflow(handling, subscriber.state_type.workflow_name):
+            self._metrics.replies_unmatched += 1
+            level = logging.WARNING
+            why += "; another workflow sent it here"
+        self._logger.log(level, f"%s: {why}", subscriber.name, *arguments)
 
     def _no_longer_running(
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, workflow_id: str
     ) -> None:
-        self._count_ignored(handling)
-        self._logger.info(
-            "%s: workflow %s is no longer running; %s was not applied to it",
-            subscriber.name,
+        self._ignore(
+            subscriber,
+            handling,
+            "workflow %s is no longer running; %s was not applied to it",
             workflow_id,
             type(handling.message).__name__,
         )
@@ -270,7 +290,9 @@ class WorkflowRunner:
         context = HandlingContext(
             self._sender,
             handling.attributes,
-            workflow_id=state.workflow_id,
+            workflow=WorkflowAddress(
+                workflow_name=state.workflow_name, workflow_id=state.workflow_id
+            ),
             handler=subscriber.name,
         )
         self._metrics.handler_runs += 1
@@ -359,6 +381,19 @@ def _bind(
     return bound
 
 
+def _from_another_workflow(handling: Handling, workflow_name: str) -> bool:
+    """Whether a workflow's handler sent this message to a workflow of ``workflow_name`` other
+    than itself, by the sticky ``workflow_id``."""
+    sender = sender_of(handling.attributes)
+    addressee = addressee_of(handling.attributes)
+    return (
+        sender is not None
+        and addressee is not None
+        and addressee.workflow_name == workflow_name
+        and addressee != sender
+    )
+
+
 def _safe_lookup(mapping: MessageWorkflowMapping[Any, Any], handling: Handling) -> object:
     try:
         return mapping.lookup(handling.message, handling.attributes)
@@ -403,6 +438,7 @@ def apply_handler_result(state: S, result: object, *, handler_name: str) -> S | 
     data["workflow_version"] = state.workflow_version
     data["workflow_applied"] = state.workflow_applied
     data["workflow_outbox"] = state.workflow_outbox
+    data["workflow_originator"] = state.workflow_originator
     try:
         return state_type.model_validate(data, by_name=True, by_alias=False)
     except ValidationError as error:

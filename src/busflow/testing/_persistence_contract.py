@@ -30,6 +30,7 @@ from busflow import (
     MessageWorkflowMapping,
     OutboxMessage,
     Persistence,
+    RetryPolicy,
     ScheduledMessage,
     TimeoutStore,
     TransportMessage,
@@ -283,6 +284,96 @@ class AlarmWorkflow(Workflow[ContractAlarm]):
 
     async def disarmed(self, message: Disarmed, state: ContractAlarm, _a: MessageAttributes) -> Any:
         return self.complete_workflow()
+
+
+class QuoteAsked(Message):
+    message_name = "busflow-contract.QuoteAsked"
+    key: str
+
+
+class PriceRequested(Message):
+    message_name = "busflow-contract.PriceRequested"
+    key: str
+
+
+class LookUpPrice(Message):
+    message_name = "busflow-contract.LookUpPrice"
+    key: str
+
+
+class PriceFound(Message):
+    message_name = "busflow-contract.PriceFound"
+    price: int
+
+
+class PriceQuoted(Message):
+    message_name = "busflow-contract.PriceQuoted"
+    price: int
+
+
+class QuoteTaken(Message):
+    message_name = "busflow-contract.QuoteTaken"
+
+
+class ContractQuote(WorkflowState):
+    workflow_name = "busflow-contract/quote"
+
+    key: str = ""
+    price: int | None = None
+
+
+class ContractPricing(WorkflowState):
+    workflow_name = "busflow-contract/pricing"
+
+    key: str = ""
+    taken: bool = False
+
+
+class QuoteWorkflow(Workflow[ContractQuote]):
+    """Asks another workflow for a price; its reply and thanks come back by workflow id."""
+
+    def configure_workflow(self, mapper: WorkflowMapper[ContractQuote]) -> None:
+        mapper.with_state(ContractQuote).started_by(QuoteAsked, self.asked).when(
+            PriceQuoted, self.quoted
+        )
+
+    async def asked(self, message: QuoteAsked, state: ContractQuote, _a: MessageAttributes) -> Any:
+        await self.bus.send(PriceRequested(key=message.key))
+        return {"key": message.key}
+
+    async def quoted(
+        self, message: PriceQuoted, state: ContractQuote, attributes: MessageAttributes
+    ) -> Any:
+        await self.reply(attributes, QuoteTaken())
+        return self.complete_workflow(price=message.price)
+
+
+class PricingWorkflow(Workflow[ContractPricing]):
+    """Started by another workflow's message; replies to it from a later handler."""
+
+    def configure_workflow(self, mapper: WorkflowMapper[ContractPricing]) -> None:
+        (
+            mapper.with_state(ContractPricing)
+            .started_by(PriceRequested, self.requested)
+            .when(PriceFound, self.found)
+            .when(QuoteTaken, self.taken)
+        )
+
+    async def requested(
+        self, message: PriceRequested, state: ContractPricing, _a: MessageAttributes
+    ) -> Any:
+        await self.bus.send(LookUpPrice(key=message.key))
+        return {"key": message.key}
+
+    async def found(
+        self, message: PriceFound, state: ContractPricing, _a: MessageAttributes
+    ) -> Any:
+        await self.reply_to_originator(state, PriceQuoted(price=message.price))
+
+    async def taken(
+        self, message: QuoteTaken, state: ContractPricing, _a: MessageAttributes
+    ) -> Any:
+        return self.complete_workflow(taken=True)
 
 
 class _Lent:
@@ -817,6 +908,36 @@ class PersistenceContract:
         assert found is not None
         assert found.order_id == "o-1"
         assert [each.workflow_id for each in by_customer] == [order.workflow_id]
+
+    # replies between workflows
+
+    async def test_a_workflow_replies_to_its_originator_and_to_a_sender(
+        self, store: Persistence
+    ) -> None:
+        async def price_of(message: LookUpPrice, attributes: MessageAttributes) -> None:
+            # A plain handler: its reply finds the pricing workflow by the sticky workflow id.
+            await bus.send(PriceFound(price=len(message.key)))
+
+        bus = (
+            Bus.configure()
+            .with_persistence(lent(store))
+            .with_workflow(QuoteWorkflow())
+            .with_workflow(PricingWorkflow())
+            .with_handler(LookUpPrice, price_of)
+            .with_retry_policy(RetryPolicy(max_attempts=1))
+            .build()
+        )
+        async with bus:
+            await bus.send(QuoteAsked(key="seven"))
+            await bus.wait_until_idle(timeout=10)
+
+        [quote] = await bus.find_workflows(ContractQuote, "key", "seven")
+        [pricing] = await bus.find_workflows(ContractPricing, "key", "seven")
+        assert (quote.workflow_status, quote.price) == (WorkflowStatus.COMPLETE, 5)
+        assert (pricing.workflow_status, pricing.taken) == (WorkflowStatus.COMPLETE, True)
+        assert pricing.workflow_originator is not None
+        assert pricing.workflow_originator.workflow_id == quote.workflow_id
+        assert bus.metrics.dead_letters == bus.metrics.unmatched == 0
 
     # versions and conflicts
 
