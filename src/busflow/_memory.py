@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from busflow._errors import WorkflowConcurrencyError
+from busflow._logs import with_fields
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, WorkflowReads, resolve_lookup
 from busflow._timeouts import ClaimedMessage, ScheduledMessage
@@ -138,7 +139,7 @@ class InMemoryPersistence(WorkflowReads):
     """
 
     def __init__(self) -> None:
-        self._logger = logging.getLogger("busflow.memory")
+        self._logger = with_fields(logging.getLogger("busflow.memory"))
         self._tables: dict[type[WorkflowState], _Table] = {}
         self._state_types = StateTypesByName()
         self._scheduled = _ScheduledMessages()

@@ -11,6 +11,7 @@ dead-lettered. ``metrics`` counts along the way and ``tracking`` knows when all 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +31,7 @@ from busflow._bus.settings import BusSettings
 from busflow._bus.timeouts import TimeoutPoller, TimeoutPolling, due_time
 from busflow._bus.tracking import WorkTracker
 from busflow._errors import BusError, BusIdleTimeoutError, BusNotRunningError, ConfigurationError
+from busflow._logs import with_log_fields
 from busflow._memory import InMemoryPersistence
 from busflow._memory_transport import MemoryTransport
 from busflow._messages import Message, MessageAttributes
@@ -72,7 +74,8 @@ class Bus:
     def __init__(self, settings: BusSettings) -> None:
         self._settings = settings
         self.metrics = BusMetrics()
-        self._logger = settings.core_dependencies.logger_factory("busflow.bus")
+        self._logger_factory = with_log_fields(settings.core_dependencies.logger_factory)
+        self._logger = self._logger_factory("busflow.bus")
         self._lifecycle = _Lifecycle.BUILT
         self._routes: Routes | None = None
         self._dispatcher: Dispatcher | None = None
@@ -126,7 +129,9 @@ class Bus:
         settings = self._settings
         routes = Routes(settings.workflows, settings.handlers)
         persistence = settings.persistence
-        persistence.prepare(settings.core_dependencies)
+        persistence.prepare(
+            dataclasses.replace(settings.core_dependencies, logger_factory=self._logger_factory)
+        )
         initialize = getattr(persistence, "initialize", None)
         if initialize is not None:
             await initialize()

@@ -7,7 +7,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Hashable
 
 from busflow._bus.context import HandlingContext, Outgoing, run_in_context
-from busflow._bus.handling import Failure, Handling
+from busflow._bus.handling import Failure, Handling, about_message
 from busflow._bus.metrics import BusMetrics
 from busflow._bus.ordering import Job, Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox
@@ -15,6 +15,7 @@ from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import PlainSubscriber, Routes, Subscriber
 from busflow._bus.runner import WorkflowRunner
 from busflow._errors import MessageDecodeError
+from busflow._logs import timed
 from busflow._transport import DeadLetter, Delivery, Transport, TransportMessage
 from busflow._workflow import WorkflowSender
 
@@ -60,6 +61,10 @@ class Dispatcher:
         """Told of each settled delivery, and whether it will come back for a retry."""
 
     async def handle(self, delivery: Delivery) -> None:
+        with about_message(delivery.message):
+            await self._handle(delivery)
+
+    async def _handle(self, delivery: Delivery) -> None:
         self._metrics.messages_delivered += 1
         try:
             message, attributes = self._routes.decode(delivery.message)
@@ -118,7 +123,8 @@ class Dispatcher:
             handler=subscriber.name,
         )
         self._metrics.handler_runs += 1
-        await run_in_context(context, subscriber.handler(handling.message, handling.attributes))
+        with timed(self._logger, subscriber.name, handling.delivery.message.name):
+            await run_in_context(context, subscriber.handler(handling.message, handling.attributes))
         context.open = False
         await self._outbox.dispatch([self._encode(outgoing) for outgoing in context.outbox])
 

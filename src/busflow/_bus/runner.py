@@ -20,6 +20,7 @@ from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import WorkflowSubscriber
 from busflow._bus.timeouts import DUE_AT_ATTRIBUTE
 from busflow._errors import HandlerResultError, WorkflowConcurrencyError, WorkflowUniquenessError
+from busflow._logs import logged_with, timed
 from busflow._persistence import Persistence, find_workflow
 from busflow._workflow import (
     MessageWorkflowMapping,
@@ -81,6 +82,13 @@ class WorkflowRunner:
         message_id = handling.attributes.message_id
         state_type = subscriber.state_type
         derived = None if message_id is None else workflow_id_for(message_id, state_type)
+        with logged_with(workflow_name=state_type.workflow_name, workflow_id=derived):
+            await self._start(subscriber, handling, derived)
+
+    async def _start(
+        self, subscriber: WorkflowSubscriber[Any], handling: Handling, derived: str | None
+    ) -> None:
+        state_type = subscriber.state_type
         originator = addressee_of(handling.attributes)
         for _ in range(self._policy.max_stalled_conflicts):
             state = state_type.model_validate(
@@ -123,6 +131,12 @@ class WorkflowRunner:
         handled in its own instance's turn: at once where that turn is ``held`` or free,
         otherwise by the worker holding it, on a fresh read.
         """
+        with logged_with(workflow_name=subscriber.state_type.workflow_name):
+            await self._continue_workflows(subscriber, handling, held)
+
+    async def _continue_workflows(
+        self, subscriber: WorkflowSubscriber[Any], handling: Handling, held: Hashable | None
+    ) -> None:
         mapping = subscriber.route.mapping
         assert mapping is not None
         states = await self._persistence.get_workflow_state(
@@ -188,6 +202,12 @@ class WorkflowRunner:
             await self._run_on(subscriber, handling, state)
 
     async def _run_on(
+        self, subscriber: WorkflowSubscriber[Any], handling: Handling, state: WorkflowState
+    ) -> None:
+        with logged_with(workflow_name=state.workflow_name, workflow_id=state.workflow_id):
+            await self._run_on_state(subscriber, handling, state)
+
+    async def _run_on_state(
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, state: WorkflowState
     ) -> None:
         stalled = 0
@@ -284,6 +304,17 @@ class WorkflowRunner:
         *,
         always_save: bool,
     ) -> None:
+        with logged_with(workflow_name=state.workflow_name, workflow_id=state.workflow_id):
+            await self._run_handler_on(subscriber, handling, state, always_save=always_save)
+
+    async def _run_handler_on(
+        self,
+        subscriber: WorkflowSubscriber[Any],
+        handling: Handling,
+        state: WorkflowState,
+        *,
+        always_save: bool,
+    ) -> None:
         now = datetime.now(UTC) if state.workflow_outbox else None
         if now is not None:
             await self._outbox.rescue(state, now)
@@ -296,9 +327,10 @@ class WorkflowRunner:
             handler=subscriber.name,
         )
         self._metrics.handler_runs += 1
-        result = await run_in_context(
-            context, subscriber.route.handler(handling.message, state, handling.attributes)
-        )
+        with timed(self._logger, subscriber.name, handling.delivery.message.name):
+            result = await run_in_context(
+                context, subscriber.route.handler(handling.message, state, handling.attributes)
+            )
         updated = apply_handler_result(state, result, handler_name=subscriber.name)
         context.open = False
         outgoing = [self._encode(each) for each in context.outbox]

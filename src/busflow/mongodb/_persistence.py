@@ -28,6 +28,7 @@ from busflow._errors import (
     WorkflowConcurrencyError,
     WorkflowUniquenessError,
 )
+from busflow._logs import with_fields
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, WorkflowReads, resolve_lookup
 from busflow._timeouts import ClaimedMessage, ScheduledMessage
@@ -239,7 +240,7 @@ class MongoPersistence(WorkflowReads):
         self._database_name = database
         self._prefix = collection_prefix
         self._connect_timeout = connect_timeout
-        self._logger = logging.getLogger("busflow.mongodb")
+        self._logger = with_fields(logging.getLogger("busflow.mongodb"))
         self._options: dict[type[WorkflowState], WorkflowOptions] = {}
         self._layouts: dict[type[WorkflowState], StateLayout] = {}
         self._state_type_by_collection: dict[str, type[WorkflowState]] = {}
