@@ -6,12 +6,16 @@ import logging
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from busflow import (
     Bus,
+    BusConfiguration,
     CoreDependencies,
     Message,
     MessageAttributes,
+    MessageWorkflowMapping,
+    RetryPolicy,
     Workflow,
     WorkflowMapper,
     WorkflowState,
@@ -130,3 +134,87 @@ async def test_loggers_from_a_logger_factory_of_yours_carry_the_fields(
         and "LoggedWorkflow.placed finished" in record.getMessage()
     ]
     assert [fields_of(record)["workflow_id"] for record in finished] == [order.workflow_id]
+
+
+PERSONAL_NUMBER = "19121212-1212"
+
+
+class Applicant(BaseModel):
+    personal_number: int  # a wrong type: validating the text fails, quoting it
+
+
+class Applied(Message):
+    message_name = "test-logging.Applied"
+    personal_number: str
+
+
+class Reviewed(Message):
+    message_name = "test-logging.Reviewed"
+    personal_number: str
+
+
+class Application(WorkflowState):
+    workflow_name = "test-logging/application"
+
+    personal_number: str = ""
+
+
+class ApplicationWorkflow(Workflow[Application]):
+    def configure_workflow(self, mapper: WorkflowMapper[Application]) -> None:
+        mapper.with_state(Application).started_by(Applied, self.applied).when(
+            Reviewed,
+            self.reviewed,
+            MessageWorkflowMapping(
+                lookup=lambda message, _: message.personal_number, maps_to="personal_number"
+            ),
+        )
+
+    async def applied(self, message: Applied, state: Application, _: MessageAttributes) -> Any:
+        Applicant.model_validate({"personal_number": message.personal_number})
+        return {"personal_number": message.personal_number}
+
+    async def reviewed(self, message: Reviewed, state: Application, _: MessageAttributes) -> Any:
+        return self.complete_workflow()
+
+
+async def run_application(bus: Bus) -> None:
+    async with bus:
+        await bus.send(Applied(personal_number=PERSONAL_NUMBER))  # fails validation
+        await bus.send(Reviewed(personal_number=PERSONAL_NUMBER))  # finds no workflow
+        await bus.wait_until_idle(timeout=5)
+
+
+def application_bus() -> BusConfiguration:
+    return (
+        Bus.configure()
+        .with_workflow(ApplicationWorkflow)
+        .with_retry_policy(RetryPolicy(max_attempts=1))
+    )
+
+
+async def test_no_line_at_info_or_above_shows_a_value_of_a_state_or_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = application_bus().build()
+    with caplog.at_level(logging.INFO, logger="busflow"):
+        await run_application(bus)
+
+    lines = [caplog.handler.format(record) for record in caplog.records]
+    assert len(bus.dead_letters) == 1
+    assert bus.metrics.unmatched == 1
+    assert not [line for line in lines if PERSONAL_NUMBER in line]
+    [dead_letter] = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert "personal_number: Input should be a valid integer" in dead_letter.getMessage()
+    assert "input_value" not in dead_letter.getMessage()
+    assert PERSONAL_NUMBER in bus.dead_letters[0].error_text  # the dead letter keeps it
+
+
+async def test_values_show_in_log_lines_when_the_bus_is_told_to(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = application_bus().with_values_in_logs().build()
+    with caplog.at_level(logging.INFO, logger="busflow"):
+        await run_application(bus)
+
+    shown = [record for record in caplog.records if PERSONAL_NUMBER in record.getMessage()]
+    assert [record.levelname for record in shown] == ["ERROR", "INFO"]

@@ -16,7 +16,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 
-__all__ = ["LOG_FIELDS", "LogFields", "logged_with", "timed", "with_fields", "with_log_fields"]
+from pydantic import ValidationError
+
+from busflow._errors import BusflowError
+
+__all__ = [
+    "LOG_FIELDS",
+    "LogFields",
+    "error_for_log",
+    "logged_with",
+    "timed",
+    "with_fields",
+    "with_log_fields",
+]
 
 
 @dataclass(frozen=True)
@@ -101,3 +113,25 @@ def timed(logger: logging.Logger, handler: str, message_name: str) -> Iterator[N
             duration_ms,
             extra={"duration_ms": duration_ms},
         )
+
+
+def error_for_log(error: BaseException, *, values: bool) -> str:
+    """``error`` as a log line at INFO or above may show it: no value of a state or message.
+
+    With ``values`` (``with_values_in_logs()``) it is the type and the text. Otherwise a
+    pydantic validation error gives where and what went wrong, without the input; a busflow
+    error whose text holds no values (``text_holds_values``) gives its text; any other error
+    gives only its type (a dead letter keeps the whole text).
+    """
+    kind = f"{type(error).__module__}.{type(error).__qualname__}"
+    if values:
+        return f"{kind}: {error}"
+    if isinstance(error, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(map(str, problem['loc'])) or '(value)'}: {problem['msg']}"
+            for problem in error.errors(include_input=False, include_url=False)
+        )
+        return f"{kind}: {error.error_count()} validation error(s) for {error.title}: {problems}"
+    if isinstance(error, BusflowError) and not error.text_holds_values:
+        return f"{kind}: {error}"
+    return f"{kind} (its text is not logged: it may hold values; see with_values_in_logs)"

@@ -87,7 +87,9 @@ class Bus:
         """Messages sent before ``start``; they leave when it starts the transport."""
         store = settings.persistence
         self._timeouts = (
-            TimeoutPoller(store, self, settings.timeout_polling, self._logger)
+            TimeoutPoller(
+                store, self, settings.timeout_polling, self._logger, settings.values_in_logs
+            )
             if isinstance(store, TimeoutStore)
             else None
         )
@@ -141,7 +143,12 @@ class Bus:
         for workflow in settings.workflows:
             workflow.bus = sender
         keys = WorkflowKeys()
-        self._outbox = Outbox(outlet=self, persistence=persistence, logger=self._logger)
+        self._outbox = Outbox(
+            outlet=self,
+            persistence=persistence,
+            logger=self._logger,
+            values_in_logs=settings.values_in_logs,
+        )
         runner = WorkflowRunner(
             persistence=persistence,
             sender=self,
@@ -153,6 +160,7 @@ class Bus:
             keys=keys,
             logger=self._logger,
             applied_limit=settings.applied_limit,
+            values_in_logs=settings.values_in_logs,
         )
         self._dispatcher = Dispatcher(
             routes=routes,
@@ -166,6 +174,7 @@ class Bus:
             policy=settings.retry_policy,
             metrics=self.metrics,
             logger=self._logger,
+            values_in_logs=settings.values_in_logs,
             settled=self._settled,
         )
         self._routes = routes
@@ -489,6 +498,7 @@ class BusConfiguration:
         self._per_workflow_order = True
         self._applied_limit = 100
         self._timeout_polling = TimeoutPolling()
+        self._values_in_logs = False
 
     def with_persistence(self, persistence: Persistence) -> Self:
         if not isinstance(persistence, Persistence):
@@ -582,6 +592,16 @@ class BusConfiguration:
         self._timeout_polling = TimeoutPolling(interval, max_interval, lease, batch)
         return self
 
+    def with_values_in_logs(self, enabled: bool = True) -> Self:
+        """Let log lines at INFO and above show values of states and messages (default off).
+
+        Off, those lines name fields, types and ids but never a value: not a lookup's value,
+        nor the text of an error that may quote one (a pydantic validation error is shown
+        without its input). DEBUG lines may show values either way.
+        """
+        self._values_in_logs = enabled
+        return self
+
     def build(self) -> Bus:
         return Bus(
             BusSettings(
@@ -596,6 +616,7 @@ class BusConfiguration:
                 per_workflow_order=self._per_workflow_order,
                 applied_limit=self._applied_limit,
                 timeout_polling=self._timeout_polling,
+                values_in_logs=self._values_in_logs,
             )
         )
 

@@ -15,7 +15,7 @@ from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import PlainSubscriber, Routes, Subscriber
 from busflow._bus.runner import WorkflowRunner
 from busflow._errors import MessageDecodeError
-from busflow._logs import timed
+from busflow._logs import error_for_log, timed
 from busflow._transport import DeadLetter, Delivery, Transport, TransportMessage
 from busflow._workflow import WorkflowSender
 
@@ -44,6 +44,7 @@ class Dispatcher:
         policy: RetryPolicy,
         metrics: BusMetrics,
         logger: logging.Logger,
+        values_in_logs: bool,
         settled: Callable[[TransportMessage, bool], None],
     ) -> None:
         self._routes = routes
@@ -57,6 +58,7 @@ class Dispatcher:
         self._policy = policy
         self._metrics = metrics
         self._logger = logger
+        self._values_in_logs = values_in_logs
         self._settled = settled
         """Told of each settled delivery, and whether it will come back for a retry."""
 
@@ -172,13 +174,12 @@ class Dispatcher:
         )
         self._metrics.dead_letters += 1
         self._logger.error(
-            "%s failed on %s (message id %s) after %d attempt(s); dead-lettered: %s: %s",
+            "%s failed on %s (message id %s) after %d attempt(s); dead-lettered: %s",
             dead_letter.handler,
             message.name,
             message.message_id,
             message.attempt,
-            dead_letter.error_type,
-            dead_letter.error_text,
+            error_for_log(error, values=self._values_in_logs),
         )
         failures.clear()
         await self._call(self._transport.dead_letter(delivery, dead_letter), message, retried=False)

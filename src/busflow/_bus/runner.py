@@ -20,7 +20,7 @@ from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import WorkflowSubscriber
 from busflow._bus.timeouts import DUE_AT_ATTRIBUTE
 from busflow._errors import HandlerResultError, WorkflowConcurrencyError, WorkflowUniquenessError
-from busflow._logs import logged_with, timed
+from busflow._logs import error_for_log, logged_with, timed
 from busflow._persistence import Persistence, find_workflow
 from busflow._workflow import (
     MessageWorkflowMapping,
@@ -61,6 +61,7 @@ class WorkflowRunner:
         keys: WorkflowKeys,
         logger: logging.Logger,
         applied_limit: int,
+        values_in_logs: bool,
     ) -> None:
         self._persistence = persistence
         self._sender = sender
@@ -72,6 +73,7 @@ class WorkflowRunner:
         self._keys = keys
         self._logger = logger
         self._applied_limit = applied_limit
+        self._values_in_logs = values_in_logs
 
     async def start(self, subscriber: WorkflowSubscriber[Any], handling: Handling) -> None:
         """Run a starting handler on a new state and save it, unless it discards it.
@@ -99,7 +101,13 @@ class WorkflowRunner:
                 return
             except WorkflowUniquenessError as error:
                 self._metrics.duplicate_starts += 1
-                self._logger.warning("%s: duplicate start ignored: %s", subscriber.name, error)
+                self._logger.warning(
+                    "%s: duplicate start ignored: another running %s has the same %s%s",
+                    subscriber.name,
+                    state_type.workflow_name,
+                    error.field,
+                    f" ({error.value!r})" if self._values_in_logs else "",
+                )
                 return
             except WorkflowConcurrencyError:
                 self._metrics.conflicts += 1
@@ -188,10 +196,9 @@ class WorkflowRunner:
         self._ignore(
             subscriber,
             handling,
-            "no running %s matches %s=%r; the message was ignored",
+            "no running %s matches %s; the message was ignored",
             subscriber.state_type.workflow_name,
-            mapping.maps_to,
-            _safe_lookup(mapping, handling),
+            self._lookup_for_log(mapping, handling),
         )
 
     async def _run_on_fresh(
@@ -233,6 +240,13 @@ class WorkflowRunner:
                 if stalled >= self._policy.max_stalled_conflicts:
                     raise
                 state = fresh
+
+    def _lookup_for_log(self, mapping: MessageWorkflowMapping[Any, Any], handling: Handling) -> str:
+        """``field=value`` for a log line; the value only if it is a workflow id, or if the
+        bus logs values."""
+        if mapping.maps_to != "workflow_id" and not self._values_in_logs:
+            return f"the message's {mapping.maps_to}"
+        return f"{mapping.maps_to}={_safe_lookup(mapping, handling)!r}"
 
     def _was_applied(self, handling: Handling, state: WorkflowState) -> bool:
         message_id = handling.attributes.message_id
@@ -373,12 +387,11 @@ class WorkflowRunner:
                 and stored.workflow_applied[-1:] == state.workflow_applied[-1:]
             )
             self._logger.warning(
-                "%s: saving workflow %s of %s ended in %s: %s; read back, the save %s",
+                "%s: saving workflow %s of %s ended in %s; read back, the save %s",
                 subscriber.name,
                 state.workflow_id,
                 state.workflow_name,
-                type(error).__name__,
-                error,
+                error_for_log(error, values=self._values_in_logs),
                 "is there" if landed else "is not there, so it runs again on fresh state",
             )
             if landed:

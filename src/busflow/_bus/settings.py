@@ -31,3 +31,5 @@ class BusSettings:
     per_workflow_order: bool
     applied_limit: int
     timeout_polling: TimeoutPolling
+    values_in_logs: bool = False
+    """Whether log lines at INFO and above may show values of states and messages."""

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from busflow._errors import ConfigurationError
+from busflow._logs import error_for_log
 from busflow._timeouts import TimeoutStore
 from busflow._transport import TransportMessage
 
@@ -78,8 +79,10 @@ class TimeoutPoller:
         outlet: Deliverer,
         polling: TimeoutPolling,
         logger: logging.Logger,
+        values_in_logs: bool = False,
     ) -> None:
         self._store = store
+        self._values_in_logs = values_in_logs
         self._outlet = outlet
         self._polling = polling
         self._logger = logger
@@ -136,7 +139,10 @@ class TimeoutPoller:
             try:
                 found = await self.poll_once()
             except Exception as error:
-                self._logger.warning("polling for due messages failed: %s", error)
+                self._logger.warning(
+                    "polling for due messages failed: %s",
+                    error_for_log(error, values=self._values_in_logs),
+                )
                 found = 0
             if found >= self._polling.batch:
                 continue
