@@ -4,8 +4,10 @@
         the workflow collections: counts by status, the oldest running workflow and its
         age, and the health of busflow's indexes
     busflow show [--uri URI] [--database DB] COLLECTION [--id ID | --where FIELD=VALUE]
-                 [--status running|complete] [--limit N]
-        stored documents as relaxed Extended JSON
+                 [--status running|complete] [--older-than DURATION]
+                 [--updated-before DATETIME] [--limit N] [--json]
+        stored documents as relaxed Extended JSON; with --id, also the workflow's applied
+        message ids and pending outgoing messages
     busflow demo [--uri URI] [--database DB]
         run the order saga example (``busflow.demo``)
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +43,9 @@ from busflow.cli._common import (
     CommandParser,
     add_demo_arguments,
     positive_seconds,
+)
+from busflow.mongodb import (
+    APPLIED_FIELD as APPLIED,
 )
 from busflow.mongodb import (
     OUTBOX_FIELD as OUTBOX,
@@ -428,25 +434,77 @@ def show(arguments: argparse.Namespace) -> int:
             )
         readable = entry is not None and registry_entry_problem(entry) is None
         stored_keys: Mapping[str, str] = entry.get("fields", {}) if entry and readable else {}
-        query = build_query(arguments, stored_keys)
+        query = build_query(arguments, stored_keys, datetime.now(UTC))
         collection = database[name]
         matching = collection.count_documents(query)
         cursor = collection.find(query).sort([(UPDATED_AT, -1), (ID, 1)]).limit(arguments.limit)
-        shown = 0
-        for document in cursor:
-            print(json_util.dumps(document, json_options=RELAXED_JSON, indent=2))
-            shown += 1
+        documents = list(cursor)
+    record = arguments.id is not None and len(documents) == 1
+    if arguments.json:
+        shown: Document = {
+            "database": database.name,
+            "collection": name,
+            "matching": matching,
+            "shown": len(documents),
+            "filter": query,
+            "documents": documents,
+        }
+        if record:
+            shown |= {"applied": applied_ids(documents[0]), "outbox": pending(documents[0])}
+        print(json_util.dumps(shown, json_options=RELAXED_JSON))
+        return 0
+    for document in documents:
+        print(json_util.dumps(document, json_options=RELAXED_JSON, indent=2))
+    if record:
+        for line in describe_record(documents[0]):
+            print(line)
     print(
-        f"{shown} of {matching} matching document(s) in {database.name}.{name}, most recently "
-        f"updated first; filter {json_util.dumps(query, json_options=RELAXED_JSON)}"
+        f"{len(documents)} of {matching} matching document(s) in {database.name}.{name}, most "
+        f"recently updated first; filter {json_util.dumps(query, json_options=RELAXED_JSON)}"
         + (" (--where values are strings, compared as they are)" if not matching else ""),
         file=sys.stderr,
     )
     return 0
 
 
-def build_query(arguments: argparse.Namespace, stored_keys: Mapping[str, str]) -> Document:
-    """The filter for ``show``: every value is a plain string, compared with ``$eq``.
+def applied_ids(document: Mapping[str, Any]) -> list[Any]:
+    """The ids of the messages a workflow applied, oldest first (``_applied``)."""
+    applied = document.get(APPLIED)
+    return list(applied) if isinstance(applied, list) else []
+
+
+def pending(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The outgoing messages a workflow saved and that are not cleared yet (``_outbox``)."""
+    outbox = document.get(OUTBOX)
+    if not isinstance(outbox, list):
+        return []
+    return [record for record in outbox if isinstance(record, Mapping)]
+
+
+def describe_record(document: Mapping[str, Any]) -> list[str]:
+    """What ``show --id`` prints after the document: its applied ids and pending messages."""
+    applied = applied_ids(document)
+    lines = [f"applied message ids ({len(applied)}, oldest first):"]
+    lines += [f"  {message_id}" for message_id in applied] or ["  none"]
+    waiting = pending(document)
+    lines.append(f"pending outgoing messages ({len(waiting)}):")
+    for record in waiting:
+        details = [f"saved {_when(record.get('saved_at'))}"]
+        if record.get("deliver_at") is not None:
+            details.append(f"to deliver {_when(record.get('deliver_at'))}")
+        if record.get("origin") is not None:
+            details.append(f"sent while handling {record.get('origin')}")
+        lines.append(f"  {record.get('message_id')}  {record.get('name')}  {', '.join(details)}")
+    if not waiting:
+        lines.append("  none")
+    return lines
+
+
+def build_query(
+    arguments: argparse.Namespace, stored_keys: Mapping[str, str], now: datetime
+) -> Document:
+    """The filter for ``show``: every value is a plain string, compared with ``$eq``, and the
+    age filters compare ``_updated_at`` with a time.
 
     A field may be given by its Python name (``workflow_id``, ``order_id``) or by its stored
     key (``_id``); the registry's ``fields`` maps one to the other.
@@ -458,6 +516,10 @@ def build_query(arguments: argparse.Namespace, stored_keys: Mapping[str, str]) -
         conditions.append({stored_keys.get(field, field): {"$eq": value}})
     if arguments.status is not None:
         conditions.append({STATUS: {"$eq": arguments.status}})
+    if arguments.older_than is not None:
+        conditions.append({UPDATED_AT: {"$lt": now - arguments.older_than}})
+    if arguments.updated_before is not None:
+        conditions.append({UPDATED_AT: {"$lt": arguments.updated_before}})
     if not conditions:
         return {}
     return conditions[0] if len(conditions) == 1 else {"$and": conditions}
@@ -470,6 +532,36 @@ def _field_equals_value(text: str) -> tuple[str, str]:
     if field.startswith("$") or "\x00" in field or any(not part for part in field.split(".")):
         raise argparse.ArgumentTypeError(f"{field!r} is not a field name")
     return field, value
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(d|h|min|m|s)")
+_UNITS = {"d": 86_400, "h": 3_600, "min": 60, "m": 60, "s": 1}
+MAX_AGE = timedelta(days=700_000)
+"""The longest ``--older-than``: about 1,900 years, which still ends after the year 1."""
+
+
+def _duration(text: str) -> timedelta:
+    """``90s``, ``15m``, ``2h``, ``1d12h``: days, hours, minutes (m or min) and seconds."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration such as 90s, 15m, 2h or 1d12h"
+        )
+    seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+    if seconds > MAX_AGE.total_seconds():
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than {MAX_AGE.days}d")
+    return timedelta(seconds=seconds)
+
+
+def _moment(text: str) -> datetime:
+    """An ISO 8601 date and time, such as ``2026-11-26T10:00:00Z``; without a zone, UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date and time such as 2026-11-26T10:00:00Z"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 MAX_LIMIT = 2**31 - 1
@@ -559,7 +651,25 @@ def build_parser() -> CommandParser:
         help="only workflows with this status",
     )
     show_parser.add_argument(
+        "--older-than",
+        type=_duration,
+        metavar="DURATION",
+        help="only documents last updated longer ago than this, such as 90s, 15m, 2h or 1d12h",
+    )
+    show_parser.add_argument(
+        "--updated-before",
+        type=_moment,
+        metavar="DATETIME",
+        help="only documents last updated before this ISO 8601 time (UTC unless it says)",
+    )
+    show_parser.add_argument(
         "--limit", type=_limit, default=20, help="documents to print (default: 20)"
+    )
+    show_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (relaxed Extended JSON): the documents, their count and "
+        "the filter; with --id also 'applied' and 'outbox'",
     )
     show_parser.set_defaults(command=show)
 
