@@ -87,6 +87,29 @@ def test_inspect_lists_counts_oldest_running_workflow_and_healthy_indexes(
     assert lines[-1] == "no problems found"
 
 
+def test_inspect_prints_one_json_object_with_json(demo_database: DemoDatabase) -> None:
+    result = demo_database.busflow("inspect", "--json")
+
+    assert result.returncode == 0, result.stderr
+    inspected = json.loads(result.stdout)
+    assert inspected["database"] == demo_database.name
+    assert (inspected["problems"], inspected["timeouts_from_outside"]) == (0, 0)
+    [collection] = inspected["collections"]
+    running = demo_database.running
+    assert collection["collection"] == "demo_order"
+    assert collection["workflow_name"] == "demo/order"
+    assert collection["workflows"] == {"running": 1, "complete": 1}
+    assert collection["oldest_running"]["workflow_id"] == running["_id"]
+    assert collection["oldest_running"]["lookups"] == {"order_id": running["order_id"]}
+    assert collection["oldest_running"]["age_seconds"] >= 0
+    assert collection["indexes_ok"] == [
+        "busflow_lookup_order_id",
+        "busflow_unique_running_order_id",
+    ]
+    assert collection["timeouts"] == {"pending": 0, "next_due": None}
+    assert (collection["outgoing_waiting"], collection["problems"]) == (0, [])
+
+
 def test_inspect_and_show_list_pending_timeouts(own_demo_database: DemoDatabase) -> None:
     due = (datetime.now(UTC) + timedelta(hours=2, minutes=30)).replace(microsecond=0)
     with mongo_client(own_demo_database.uri) as client:
@@ -136,6 +159,7 @@ def test_inspect_reports_outgoing_messages_left_behind_by_a_dead_worker(
 
         result = own_demo_database.busflow("inspect")
         patient = own_demo_database.busflow("inspect", "--outbox-age", "900")
+        as_json = own_demo_database.busflow("inspect", "--json")
 
     lines = [line.strip() for line in result.stdout.splitlines()]
     [outgoing] = [line for line in lines if line.startswith("! outgoing:")]
@@ -143,6 +167,12 @@ def test_inspect_reports_outgoing_messages_left_behind_by_a_dead_worker(
     assert f"the oldest, {own_demo_database.running['_id']}, for 10 min" in outgoing
     assert lines[-1] == "1 problem(s) found; see the lines marked with !"
     assert "outgoing:       none waiting longer than 15 min" in patient.stdout
+    inspected = json.loads(as_json.stdout)
+    assert inspected["problems"] == 1
+    [collection] = inspected["collections"]
+    assert collection["outgoing_waiting"] == 1
+    [problem] = collection["problems"]
+    assert problem.startswith("outgoing:     1 workflow(s) hold outgoing messages")
 
 
 def test_inspect_reports_missing_and_differing_indexes_and_the_age_of_a_stuck_workflow(

@@ -1,6 +1,6 @@
 """``busflow``: read-only commands for operators, and the demo.
 
-    busflow inspect [--uri URI] [--database DB]
+    busflow inspect [--uri URI] [--database DB] [--outbox-age SECONDS] [--json]
         the workflow collections: counts by status, the oldest running workflow and its
         age, and the health of busflow's indexes
     busflow show [--uri URI] [--database DB] COLLECTION [--id ID | --where FIELD=VALUE]
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import re
 import sys
@@ -152,39 +153,64 @@ def inspect(arguments: argparse.Namespace) -> int:
             )
         existing = set(database.list_collection_names())
         now = datetime.now(UTC)
-        print(
-            f"database {database.name} at {server.hosts}: "
-            f"{len(entries)} workflow collection(s), checked {now:%Y-%m-%d %H:%M:%S} UTC"
-        )
         timeouts = pending_timeouts(database, existing)
-        problems = 0
+        reports: list[CollectionReport] = []
         for entry in entries:
-            print()
             report = inspect_collection(
                 database, entry, existing, now, timedelta(seconds=arguments.outbox_age)
             )
             waiting = timeouts.pop(entry.get("workflow_name"), None)
             report.lines.insert(2, describe_timeouts(waiting, now))
-            problems += report.problems
-            for line in report.lines:
-                print(line)
-        others = sum(count for count, _ in timeouts.values())
-        if others:
-            print()
-            print(f"{TIMEOUTS_COLLECTION}: {others} message(s) to deliver later, sent from outside")
+            count, due = waiting or (0, None)
+            report.data["timeouts"] = {"pending": count, "next_due": due}
+            reports.append(report)
+    problems = sum(report.problems for report in reports)
+    others = sum(count for count, _ in timeouts.values())
+    if arguments.json:
+        inspected = {
+            "database": database.name,
+            "hosts": server.hosts,
+            "checked_at": now,
+            "collections": [report.data | {"problems": report.problem_texts} for report in reports],
+            "timeouts_from_outside": others,
+            "problems": problems,
+        }
+        print(json_util.dumps(inspected, json_options=RELAXED_JSON))
+        return 0
+    print(
+        f"database {database.name} at {server.hosts}: "
+        f"{len(entries)} workflow collection(s), checked {now:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    for report in reports:
         print()
-        print(
-            "no problems found"
-            if not problems
-            else f"{problems} problem(s) found; see the lines marked with !"
-        )
+        for line in report.lines:
+            print(line)
+    if others:
+        print()
+        print(f"{TIMEOUTS_COLLECTION}: {others} message(s) to deliver later, sent from outside")
+    print()
+    print(
+        "no problems found"
+        if not problems
+        else f"{problems} problem(s) found; see the lines marked with !"
+    )
     return 0
 
 
 @dataclass
 class CollectionReport:
+    """What ``inspect`` found in one collection: lines for a person, data for ``--json``."""
+
     lines: list[str]
     problems: int = 0
+    data: Document = dataclasses.field(default_factory=dict)
+
+    @property
+    def problem_texts(self) -> list[str]:
+        """The problems, as the lines marked with ! say them."""
+        return [
+            line.strip().removeprefix("! ") for line in self.lines if line.lstrip().startswith("!")
+        ]
 
 
 def inspect_collection(
@@ -198,7 +224,8 @@ def inspect_collection(
     problem = registry_entry_problem(entry)
     if problem is not None:
         return CollectionReport(
-            [
+            data={"collection": entry.get(ID)},
+            lines=[
                 f"{entry.get(ID)!r}  (an entry of {REGISTRY_COLLECTION})",
                 f"  ! busflow cannot read this entry: {problem}; fix or delete it "
                 f"(db.{REGISTRY_COLLECTION}.deleteOne({{_id: {entry.get(ID)!r}}})), and the "
@@ -211,7 +238,13 @@ def inspect_collection(
         [
             f"{name}  (workflow {entry.get('workflow_name', '?')}, "
             f"state {entry.get('state_type', '?')})"
-        ]
+        ],
+        data={
+            "collection": name,
+            "workflow_name": entry.get("workflow_name"),
+            "state_type": entry.get("state_type"),
+            "exists": name in existing,
+        },
     )
     if name not in existing:
         report.lines.append(
@@ -229,29 +262,40 @@ def inspect_collection(
     statuses = order + sorted(status for status in counts if status not in order)
     by_status = ", ".join(f"{counts.get(status, 0)} {status}" for status in statuses)
     report.lines.append(f"  workflows:      {by_status} ({sum(counts.values())} in all)")
+    report.data["workflows"] = {status: counts.get(status, 0) for status in statuses}
 
     oldest = collection.find_one(
         {STATUS: WorkflowStatus.RUNNING.value}, sort=[(UPDATED_AT, 1), (ID, 1)]
     )
+    report.data["oldest_running"] = None
     if oldest is None:
         report.lines.append("  oldest running: none")
     else:
         updated_at = oldest.get(UPDATED_AT)
-        age = (
-            f"updated {_when(updated_at)}, {format_age(now - updated_at)} ago"
-            if isinstance(updated_at, datetime)
+        age = (now - updated_at) if isinstance(updated_at, datetime) else None
+        described_age = (
+            f"updated {_when(updated_at)}, {format_age(age)} ago"
+            if age is not None
             else f"no {UPDATED_AT}"
         )
-        looked_up = "".join(
-            f" {key}={oldest[key]!r}" for key in _lookup_keys(entry) if key in oldest
-        )
-        report.lines.append(f"  oldest running: {oldest[ID]}{looked_up}, {age}")
+        lookups = {key: oldest[key] for key in _lookup_keys(entry) if key in oldest}
+        looked_up = "".join(f" {key}={value!r}" for key, value in lookups.items())
+        report.lines.append(f"  oldest running: {oldest[ID]}{looked_up}, {described_age}")
+        report.data["oldest_running"] = {
+            "workflow_id": oldest[ID],
+            "lookups": lookups,
+            "updated_at": updated_at if age is not None else None,
+            "age_seconds": None if age is None else int(age.total_seconds()),
+        }
 
-    report.problems += report_waiting_outboxes(collection, now, outbox_age, report.lines)
+    report.problems += report_waiting_outboxes(collection, now, outbox_age, report)
 
-    index_lines, index_problems = check_indexes(collection.name, entry, collection.list_indexes())
+    index_lines, healthy, index_problems = check_indexes(
+        collection.name, entry, collection.list_indexes()
+    )
     report.lines += index_lines
     report.problems += index_problems
+    report.data["indexes_ok"] = healthy
     return report
 
 
@@ -284,7 +328,10 @@ def describe_timeouts(waiting: tuple[int, datetime | None] | None, now: datetime
 
 
 def report_waiting_outboxes(
-    collection: Collection[Document], now: datetime, outbox_age: timedelta, lines: list[str]
+    collection: Collection[Document],
+    now: datetime,
+    outbox_age: timedelta,
+    report: CollectionReport,
 ) -> int:
     """Report workflows whose saved outgoing messages waited longer than ``outbox_age``.
 
@@ -296,8 +343,9 @@ def report_waiting_outboxes(
     saved_at = f"{OUTBOX}.saved_at"
     stale = {saved_at: {"$lt": now - outbox_age}}
     waiting = collection.count_documents(stale)
+    report.data["outgoing_waiting"] = waiting
     if not waiting:
-        lines.append(f"  outgoing:       none waiting longer than {format_age(outbox_age)}")
+        report.lines.append(f"  outgoing:       none waiting longer than {format_age(outbox_age)}")
         return 0
     oldest = collection.find_one(stale, sort=[(saved_at, 1), (ID, 1)]) or {}
     times: list[datetime] = [
@@ -306,7 +354,7 @@ def report_waiting_outboxes(
         if isinstance(record, Mapping) and isinstance(when := record.get("saved_at"), datetime)
     ]
     since = format_age(now - min(times)) if times else "long"
-    lines.append(
+    report.lines.append(
         f"  ! outgoing:     {waiting} workflow(s) hold outgoing messages saved longer than "
         f"{format_age(outbox_age)} ago and never cleared; the oldest, {oldest.get(ID)}, for "
         f"{since}. They leave when the message that sent them is delivered again, or when a "
@@ -349,8 +397,9 @@ def _lookup_keys(entry: Mapping[str, Any]) -> list[str]:
 
 def check_indexes(
     collection: str, entry: Mapping[str, Any], listed_indexes: Iterator[Mapping[str, Any]]
-) -> tuple[list[str], int]:
-    """Compare the indexes busflow expects (from the registry) with those the server lists."""
+) -> tuple[list[str], list[str], int]:
+    """Compare the indexes busflow expects (from the registry) with those the server lists:
+    the lines to print, the healthy indexes, and the number of problems."""
     listed = {str(index["name"]): dict(index) for index in listed_indexes}
     healthy: list[str] = []
     problems: list[str] = []
@@ -387,11 +436,11 @@ def check_indexes(
             healthy.append(expected.name)
     if not problems:
         summary = f"ok: {', '.join(healthy)}" if healthy else "ok (busflow expects none)"
-        return [f"  indexes:        {summary}"], 0
+        return [f"  indexes:        {summary}"], healthy, 0
     lines = [f"  indexes:        {len(problems)} problem(s)", *problems]
     if healthy:
         lines.append(f"    ok: {', '.join(healthy)}")
-    return lines, len(problems)
+    return lines, healthy, len(problems)
 
 
 def format_age(age: timedelta) -> str:
@@ -625,6 +674,11 @@ def build_parser() -> CommandParser:
         default=60.0,
         metavar="SECONDS",
         help="report outgoing messages saved longer ago than this and not dispatched (default: 60)",
+    )
+    inspect_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (relaxed Extended JSON) instead of the report",
     )
     inspect_parser.set_defaults(command=inspect)
 
