@@ -1,6 +1,7 @@
 """The README's quick start: a workflow registered at bus startup, run to completion."""
 
 import asyncio
+from typing import Any
 
 from busflow import (
     Bus,
@@ -36,10 +37,14 @@ class OrderWorkflow(Workflow[OrderState]):
             MessageWorkflowMapping(lookup=lambda message, _: message.order_id, maps_to="order_id"),
         )
 
-    async def placed(self, message: OrderPlaced, state: OrderState, _: MessageAttributes):
+    async def placed(
+        self, message: OrderPlaced, state: OrderState, _: MessageAttributes
+    ) -> dict[str, Any]:
         return {"order_id": message.order_id}
 
-    async def paid(self, message: OrderPaid, state: OrderState, _: MessageAttributes):
+    async def paid(
+        self, message: OrderPaid, state: OrderState, _: MessageAttributes
+    ) -> dict[str, Any]:
         return self.complete_workflow(paid=True)
 
 

@@ -111,8 +111,8 @@ async def test_handlers_log_their_start_and_finish_with_durations_at_debug(
     ]
     assert all(line.levelno == logging.DEBUG for line in lines)
     _, finished, _, packed = lines
-    assert finished.duration_ms >= 0
-    assert packed.duration_ms >= 0
+    assert finished.__dict__["duration_ms"] >= 0
+    assert packed.__dict__["duration_ms"] >= 0
     assert fields_of(finished)["workflow_id"] == order.workflow_id
     assert fields_of(packed)["message_name"] == "test-logging.Pack"
     assert fields_of(packed)["correlation_id"] == "c-1"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import enum
 import inspect
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar, Generic, Protocol, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -132,6 +134,25 @@ M = TypeVar("M", bound=Message)
 S = TypeVar("S", bound=WorkflowState)
 
 
+LookupResult: TypeAlias = (
+    str
+    | int
+    | float
+    | Decimal
+    | uuid.UUID
+    | datetime
+    | date
+    | time
+    | timedelta
+    | enum.Enum
+    | bytes
+    | None
+)
+"""What a lookup may return: a scalar, compared as it is stored (see ``busflow._values``), or
+``None`` for "no workflow". Any other value pydantic serializes as a scalar (an IP address, a
+path) is taken at runtime too; a dict, list or model is refused (``InvalidLookupValueError``)."""
+
+
 @dataclass(frozen=True)
 class MessageWorkflowMapping(Generic[M, S]):
     """How a message finds the workflow states it belongs to.
@@ -141,7 +162,7 @@ class MessageWorkflowMapping(Generic[M, S]):
     ever compared by equality.
     """
 
-    lookup: Callable[[M, MessageAttributes], str | None]
+    lookup: Callable[[M, MessageAttributes], LookupResult]
     maps_to: str
 
 
@@ -157,10 +178,14 @@ BY_WORKFLOW_ID: MessageWorkflowMapping[Any, Any] = MessageWorkflowMapping(
 )
 """What ``when`` uses without a mapping: the sticky ``workflow_id`` to ``workflow_id``."""
 
-WorkflowHandler: TypeAlias = Callable[
-    [Any, S, MessageAttributes], Awaitable["S | Mapping[str, Any] | None"]
+HandlerFor: TypeAlias = Callable[
+    [M, S, MessageAttributes], Awaitable["S | Mapping[str, Any] | None"]
 ]
-"""``async def handler(message, state, attributes)``, bound to a workflow instance."""
+"""``async def handler(message, state, attributes)`` for messages of type ``M``, bound to a
+workflow instance: ``started_by`` and ``when`` check that it takes the type they are given."""
+
+WorkflowHandler: TypeAlias = HandlerFor[Any, S]
+"""A handler as a route keeps it, for whichever message type the route has."""
 
 
 @dataclass(frozen=True)
@@ -190,14 +215,14 @@ class WorkflowMapper(Generic[S]):
         self._state_type = state_type
         return self
 
-    def started_by(self, message_type: type[M], handler: WorkflowHandler[S]) -> WorkflowMapper[S]:
+    def started_by(self, message_type: type[M], handler: HandlerFor[M, S]) -> WorkflowMapper[S]:
         self._routes.append(WorkflowRoute(message_type, handler, None))
         return self
 
     def when(
         self,
         message_type: type[M],
-        handler: WorkflowHandler[S],
+        handler: HandlerFor[M, S],
         mapping: MessageWorkflowMapping[M, S] | None = None,
     ) -> WorkflowMapper[S]:
         self._routes.append(WorkflowRoute(message_type, handler, mapping or BY_WORKFLOW_ID))
