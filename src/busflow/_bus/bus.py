@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from busflow._bus.context import ContextualSender, MessageIds, Outgoing, current_context
 from busflow._bus.dispatch import Dispatcher
@@ -28,6 +29,7 @@ from busflow._bus.retries import RetryPolicy
 from busflow._bus.routing import MessageHandler, Routes
 from busflow._bus.runner import WorkflowRunner
 from busflow._bus.settings import BusSettings
+from busflow._bus.telemetry import NoTelemetry, Telemetry, TelemetryFactory
 from busflow._bus.timeouts import TimeoutPoller, TimeoutPolling, due_time
 from busflow._bus.tracking import WorkTracker
 from busflow._errors import BusError, BusIdleTimeoutError, BusNotRunningError, ConfigurationError
@@ -39,6 +41,10 @@ from busflow._persistence import CoreDependencies, Persistence, find_workflow, f
 from busflow._timeouts import ScheduledMessage, TimeoutStore
 from busflow._transport import DeadLetter, Subscription, Transport, TransportMessage
 from busflow._workflow import Workflow, WorkflowState
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["Bus", "BusConfiguration"]
 
@@ -74,6 +80,9 @@ class Bus:
     def __init__(self, settings: BusSettings) -> None:
         self._settings = settings
         self.metrics = BusMetrics()
+        self._telemetry: Telemetry = (
+            NoTelemetry() if settings.telemetry is None else settings.telemetry(self.metrics)
+        )
         self._logger_factory = with_log_fields(settings.core_dependencies.logger_factory)
         self._logger = self._logger_factory("busflow.bus")
         self._lifecycle = _Lifecycle.BUILT
@@ -161,6 +170,7 @@ class Bus:
             logger=self._logger,
             applied_limit=settings.applied_limit,
             values_in_logs=settings.values_in_logs,
+            telemetry=self._telemetry,
         )
         self._dispatcher = Dispatcher(
             routes=routes,
@@ -175,6 +185,7 @@ class Bus:
             metrics=self.metrics,
             logger=self._logger,
             values_in_logs=settings.values_in_logs,
+            telemetry=self._telemetry,
             settled=self._settled,
         )
         self._routes = routes
@@ -389,7 +400,7 @@ class Bus:
     def _encode(self, outgoing: Outgoing) -> Dispatchable:
         assert self._routes is not None
         message = self._routes.encode(outgoing.message, outgoing.attributes, outgoing.message_id)
-        return Dispatchable(message, outgoing.publish, outgoing.due_at)
+        return Dispatchable(self._telemetry.carry(message), outgoing.publish, outgoing.due_at)
 
     async def schedule(
         self, messages: Sequence[Dispatchable], sender: WorkflowState | None
@@ -499,6 +510,7 @@ class BusConfiguration:
         self._applied_limit = 100
         self._timeout_polling = TimeoutPolling()
         self._values_in_logs = False
+        self._telemetry: TelemetryFactory | None = None
 
     def with_persistence(self, persistence: Persistence) -> Self:
         if not isinstance(persistence, Persistence):
@@ -602,6 +614,32 @@ class BusConfiguration:
         self._values_in_logs = enabled
         return self
 
+    def with_opentelemetry(
+        self,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> Self:
+        """Report to OpenTelemetry (``pip install "busflow[otel]"``): the global providers
+        unless given others.
+
+        A span for each delivery, continuing the trace its message carries, and a child span
+        for each handler run with the workflow's name and id; every message the bus sends
+        carries the trace context (``traceparent``) in its attributes, so a saga's messages
+        form one trace across processes. ``BusMetrics`` as observable counters, and a
+        histogram of handler durations (``busflow.handler.duration``, in ms).
+        """
+        try:
+            from busflow._bus.otel import OpenTelemetry
+        except ImportError:
+            raise ConfigurationError(
+                'with_opentelemetry() needs OpenTelemetry: pip install "busflow[otel]"'
+            ) from None
+        self._telemetry = functools.partial(
+            OpenTelemetry, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
+        return self
+
     def build(self) -> Bus:
         return Bus(
             BusSettings(
@@ -617,6 +655,7 @@ class BusConfiguration:
                 applied_limit=self._applied_limit,
                 timeout_polling=self._timeout_polling,
                 values_in_logs=self._values_in_logs,
+                telemetry=self._telemetry,
             )
         )
 

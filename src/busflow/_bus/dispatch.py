@@ -14,6 +14,7 @@ from busflow._bus.outbox import Dispatchable, Outbox
 from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import PlainSubscriber, Routes, Subscriber
 from busflow._bus.runner import WorkflowRunner
+from busflow._bus.telemetry import Telemetry
 from busflow._errors import MessageDecodeError
 from busflow._logs import error_for_log, timed
 from busflow._transport import DeadLetter, Delivery, Transport, TransportMessage
@@ -45,6 +46,7 @@ class Dispatcher:
         metrics: BusMetrics,
         logger: logging.Logger,
         values_in_logs: bool,
+        telemetry: Telemetry,
         settled: Callable[[TransportMessage, bool], None],
     ) -> None:
         self._routes = routes
@@ -59,11 +61,12 @@ class Dispatcher:
         self._metrics = metrics
         self._logger = logger
         self._values_in_logs = values_in_logs
+        self._telemetry = telemetry
         self._settled = settled
         """Told of each settled delivery, and whether it will come back for a retry."""
 
     async def handle(self, delivery: Delivery) -> None:
-        with about_message(delivery.message):
+        with about_message(delivery.message), self._telemetry.delivery(delivery.message):
             await self._handle(delivery)
 
     async def _handle(self, delivery: Delivery) -> None:
@@ -125,7 +128,10 @@ class Dispatcher:
             handler=subscriber.name,
         )
         self._metrics.handler_runs += 1
-        with timed(self._logger, subscriber.name, handling.delivery.message.name):
+        with (
+            timed(self._logger, subscriber.name, handling.delivery.message.name),
+            self._telemetry.handler_run(subscriber.name, None),
+        ):
             await run_in_context(context, subscriber.handler(handling.message, handling.attributes))
         context.open = False
         await self._outbox.dispatch([self._encode(outgoing) for outgoing in context.outbox])

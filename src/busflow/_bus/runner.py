@@ -18,6 +18,7 @@ from busflow._bus.ordering import Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox, to_record
 from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import WorkflowSubscriber
+from busflow._bus.telemetry import Telemetry
 from busflow._bus.timeouts import DUE_AT_ATTRIBUTE
 from busflow._errors import HandlerResultError, WorkflowConcurrencyError, WorkflowUniquenessError
 from busflow._logs import error_for_log, logged_with, timed
@@ -62,6 +63,7 @@ class WorkflowRunner:
         logger: logging.Logger,
         applied_limit: int,
         values_in_logs: bool,
+        telemetry: Telemetry,
     ) -> None:
         self._persistence = persistence
         self._sender = sender
@@ -74,6 +76,7 @@ class WorkflowRunner:
         self._logger = logger
         self._applied_limit = applied_limit
         self._values_in_logs = values_in_logs
+        self._telemetry = telemetry
 
     async def start(self, subscriber: WorkflowSubscriber[Any], handling: Handling) -> None:
         """Run a starting handler on a new state and save it, unless it discards it.
@@ -332,16 +335,15 @@ class WorkflowRunner:
         now = datetime.now(UTC) if state.workflow_outbox else None
         if now is not None:
             await self._outbox.rescue(state, now)
+        workflow = WorkflowAddress(workflow_name=state.workflow_name, workflow_id=state.workflow_id)
         context = HandlingContext(
-            self._sender,
-            handling.attributes,
-            workflow=WorkflowAddress(
-                workflow_name=state.workflow_name, workflow_id=state.workflow_id
-            ),
-            handler=subscriber.name,
+            self._sender, handling.attributes, workflow=workflow, handler=subscriber.name
         )
         self._metrics.handler_runs += 1
-        with timed(self._logger, subscriber.name, handling.delivery.message.name):
+        with (
+            timed(self._logger, subscriber.name, handling.delivery.message.name),
+            self._telemetry.handler_run(subscriber.name, workflow),
+        ):
             result = await run_in_context(
                 context, subscriber.route.handler(handling.message, state, handling.attributes)
             )
