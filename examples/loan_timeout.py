@@ -105,13 +105,7 @@ async def main() -> None:
         await asyncio.sleep(CREDIT_CHECK_TIMEOUT.total_seconds() + 0.5)
         await bus.wait_until_idle(timeout=5)
         for loan_id in ("loan-1", "loan-2"):
-            [loan] = await bus.persistence.get_workflow_state(
-                LoanState,
-                BY_LOAN,
-                CreditChecked(loan_id=loan_id, score=0),
-                MessageAttributes(),
-                True,
-            )
+            [loan] = await bus.find_workflows(LoanState, "loan_id", loan_id)
             print(loan.model_dump_json(include={"loan_id", "decision", "workflow_status"}))
         print(f"timeouts ignored (their loan was complete): {bus.metrics.timeouts_ignored}")
 

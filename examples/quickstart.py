@@ -1,6 +1,7 @@
 """The README's quick start: a workflow registered at bus startup, run to completion."""
 
 import asyncio
+from typing import Any
 
 from busflow import (
     Bus,
@@ -36,10 +37,14 @@ class OrderWorkflow(Workflow[OrderState]):
             MessageWorkflowMapping(lookup=lambda message, _: message.order_id, maps_to="order_id"),
         )
 
-    async def placed(self, message: OrderPlaced, state: OrderState, _: MessageAttributes):
+    async def placed(
+        self, message: OrderPlaced, state: OrderState, _: MessageAttributes
+    ) -> dict[str, Any]:
         return {"order_id": message.order_id}
 
-    async def paid(self, message: OrderPaid, state: OrderState, _: MessageAttributes):
+    async def paid(
+        self, message: OrderPaid, state: OrderState, _: MessageAttributes
+    ) -> dict[str, Any]:
         return self.complete_workflow(paid=True)
 
 
@@ -50,13 +55,7 @@ async def main() -> None:
         await bus.wait_until_idle()
         await bus.publish(OrderPaid(order_id="o-1"))
         await bus.wait_until_idle()
-        [state] = await bus.persistence.get_workflow_state(
-            OrderState,
-            MessageWorkflowMapping(lookup=lambda *_: "o-1", maps_to="order_id"),
-            OrderPaid(order_id="o-1"),
-            MessageAttributes(),
-            include_completed=True,
-        )
+        [state] = await bus.find_workflows(OrderState, "order_id", "o-1")
     print(state.model_dump_json())
 
 

@@ -504,6 +504,104 @@ async def test_an_unmatched_message_is_logged_and_ignored(caplog: pytest.LogCapt
     )
 
 
+class Ask(Message):
+    question: str
+
+
+class Request(Message):
+    question: str
+
+
+class Answer(Message):
+    text: str
+
+
+class AskerState(WorkflowState):
+    workflow_name = "test/asker"
+
+    answer: str = ""
+
+
+class AnswererState(WorkflowState):
+    workflow_name = "test/answerer"
+
+
+class Asker(Workflow[AskerState]):
+    """Asks, and completes before the answer comes: the answer finds no running asker."""
+
+    def configure_workflow(self, mapper: WorkflowMapper[AskerState]) -> None:
+        mapper.with_state(AskerState).started_by(Ask, self.ask).when(Answer, self.answered)
+
+    async def ask(self, message: Ask, state: AskerState, _: MessageAttributes) -> dict[str, Any]:
+        await self.bus.send(Request(question=message.question))
+        return self.complete_workflow() if message.question == "impatient" else {}
+
+    async def answered(self, message: Answer, state: AskerState, _: MessageAttributes) -> Any:
+        return self.complete_workflow(answer=message.text)
+
+
+class Answerer(Workflow[AnswererState]):
+    def configure_workflow(self, mapper: WorkflowMapper[AnswererState]) -> None:
+        mapper.with_state(AnswererState).started_by(Request, self.requested)
+
+    async def requested(self, message: Request, state: AnswererState, _: MessageAttributes) -> Any:
+        await self.reply_to_originator(state, Answer(text=f"re: {message.question}"))
+        return self.complete_workflow()
+
+
+async def test_a_reply_reaches_the_workflow_whose_message_started_the_replier() -> None:
+    bus = Bus.configure().with_workflow(Asker).with_workflow(Answerer).build()
+    async with bus:
+        await bus.send(Ask(question="patient"))
+        await bus.wait_until_idle(timeout=5)
+
+    [asker] = await bus.find_workflows(AskerState, "answer", "re: patient")
+    assert asker.workflow_status is WorkflowStatus.COMPLETE
+    assert bus.metrics.unmatched == 0
+
+
+async def test_a_reply_that_finds_no_running_workflow_is_a_warning_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = Bus.configure().with_workflow(Asker).with_workflow(Answerer).build()
+    with caplog.at_level(logging.INFO, logger="busflow"):
+        async with bus:
+            await bus.send(Ask(question="impatient"))
+            await bus.wait_until_idle(timeout=5)
+
+    assert (bus.metrics.unmatched, bus.metrics.replies_unmatched) == (1, 1)
+    [warning] = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert "Asker.answered" in warning.getMessage()
+    assert "another workflow sent it" in warning.getMessage()
+
+
+async def test_an_unmatched_message_from_outside_is_not_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = Bus.configure().with_workflow(Asker).with_workflow(Answerer).build()
+    with caplog.at_level(logging.INFO, logger="busflow"):
+        async with bus:
+            await bus.send(
+                Answer(text="stray"), MessageAttributes(sticky_attributes={"workflow_id": "gone"})
+            )
+            await bus.wait_until_idle(timeout=5)
+
+    assert (bus.metrics.unmatched, bus.metrics.replies_unmatched) == (1, 0)
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+async def test_replying_with_no_one_to_reply_to_dead_letters_the_message_at_once() -> None:
+    bus = Bus.configure().with_workflow(Answerer).build()
+    async with bus:
+        await bus.send(Request(question="from outside"))
+        await bus.wait_until_idle(timeout=5)
+
+    [dead] = bus.dead_letters
+    assert dead.error_type == "busflow.BusError"
+    assert "no workflow's message started it" in dead.error_text
+    assert dead.attempts == 1
+
+
 # failures, retries and dead letters
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -86,6 +87,29 @@ def test_inspect_lists_counts_oldest_running_workflow_and_healthy_indexes(
     assert lines[-1] == "no problems found"
 
 
+def test_inspect_prints_one_json_object_with_json(demo_database: DemoDatabase) -> None:
+    result = demo_database.busflow("inspect", "--json")
+
+    assert result.returncode == 0, result.stderr
+    inspected = json.loads(result.stdout)
+    assert inspected["database"] == demo_database.name
+    assert (inspected["problems"], inspected["timeouts_from_outside"]) == (0, 0)
+    [collection] = inspected["collections"]
+    running = demo_database.running
+    assert collection["collection"] == "demo_order"
+    assert collection["workflow_name"] == "demo/order"
+    assert collection["workflows"] == {"running": 1, "complete": 1}
+    assert collection["oldest_running"]["workflow_id"] == running["_id"]
+    assert collection["oldest_running"]["lookups"] == {"order_id": running["order_id"]}
+    assert collection["oldest_running"]["age_seconds"] >= 0
+    assert collection["indexes_ok"] == [
+        "busflow_lookup_order_id",
+        "busflow_unique_running_order_id",
+    ]
+    assert collection["timeouts"] == {"pending": 0, "next_due": None}
+    assert (collection["outgoing_waiting"], collection["problems"]) == (0, [])
+
+
 def test_inspect_and_show_list_pending_timeouts(own_demo_database: DemoDatabase) -> None:
     due = (datetime.now(UTC) + timedelta(hours=2, minutes=30)).replace(microsecond=0)
     with mongo_client(own_demo_database.uri) as client:
@@ -135,6 +159,7 @@ def test_inspect_reports_outgoing_messages_left_behind_by_a_dead_worker(
 
         result = own_demo_database.busflow("inspect")
         patient = own_demo_database.busflow("inspect", "--outbox-age", "900")
+        as_json = own_demo_database.busflow("inspect", "--json")
 
     lines = [line.strip() for line in result.stdout.splitlines()]
     [outgoing] = [line for line in lines if line.startswith("! outgoing:")]
@@ -142,6 +167,12 @@ def test_inspect_reports_outgoing_messages_left_behind_by_a_dead_worker(
     assert f"the oldest, {own_demo_database.running['_id']}, for 10 min" in outgoing
     assert lines[-1] == "1 problem(s) found; see the lines marked with !"
     assert "outgoing:       none waiting longer than 15 min" in patient.stdout
+    inspected = json.loads(as_json.stdout)
+    assert inspected["problems"] == 1
+    [collection] = inspected["collections"]
+    assert collection["outgoing_waiting"] == 1
+    [problem] = collection["problems"]
+    assert problem.startswith("outgoing:     1 workflow(s) hold outgoing messages")
 
 
 def test_inspect_reports_missing_and_differing_indexes_and_the_age_of_a_stuck_workflow(
@@ -229,9 +260,81 @@ def test_show_finds_a_workflow_by_id_or_by_a_field(demo_database: DemoDatabase) 
         "show", "demo_order", "--where", f"workflow_id={completed['_id']}"
     )
 
-    for result in (by_id, by_field, by_python_name):
+    for result in (by_field, by_python_name):
         assert result.returncode == 0, result.stderr
         assert parse_documents(result.stdout) == [completed]
+    document, record = by_id.stdout.split("\napplied message ids", 1)
+    assert parse_documents(document) == [completed]
+    assert record.startswith(f" ({len(completed['_applied'])}, oldest first):")
+
+
+def test_show_by_id_prints_applied_ids_and_pending_outgoing_messages(
+    own_demo_database: DemoDatabase,
+) -> None:
+    running = own_demo_database.running
+    saved_at = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
+    waiting = {
+        "message_id": "m-1",
+        "name": "demo.ShipOrder",
+        "body": "{}",
+        "origin": "in-1",
+        "saved_at": saved_at,
+    }
+    with mongo_client(own_demo_database.uri) as client:
+        client[own_demo_database.name]["demo_order"].update_one(
+            {"_id": running["_id"]}, {"$set": {"_outbox": [waiting]}}
+        )
+
+    result = own_demo_database.busflow("show", "demo_order", "--id", running["_id"])
+    as_json = own_demo_database.busflow("show", "demo_order", "--id", running["_id"], "--json")
+
+    assert result.returncode == 0, result.stderr
+    record = result.stdout.split("\napplied message ids", 1)[1].splitlines()
+    applied = running["_applied"]
+    assert record[0] == f" ({len(applied)}, oldest first):"
+    assert record[1 : 1 + len(applied)] == [f"  {message_id}" for message_id in applied]
+    assert record[1 + len(applied) :] == [
+        "pending outgoing messages (1):",
+        "  m-1  demo.ShipOrder  saved 2026-11-26 09:30:00 UTC, sent while handling in-1",
+    ]
+    shown = json.loads(as_json.stdout)
+    assert shown["applied"] == applied
+    assert [each["message_id"] for each in shown["outbox"]] == ["m-1"]
+
+
+def test_show_prints_one_json_object_with_json(demo_database: DemoDatabase) -> None:
+    result = demo_database.busflow("show", "demo_order", "--status", "running", "--json")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    shown = json.loads(result.stdout)
+    assert shown["documents"] == [demo_database.running]
+    assert (shown["matching"], shown["shown"]) == (1, 1)
+    assert shown["collection"] == "demo_order"
+    assert shown["filter"] == {"_status": {"$eq": "running"}}
+
+
+def test_show_selects_documents_by_the_age_of_their_last_update(
+    own_demo_database: DemoDatabase,
+) -> None:
+    three_hours_ago = datetime.now(UTC) - timedelta(hours=3)
+    running = own_demo_database.running
+    with mongo_client(own_demo_database.uri) as client:
+        client[own_demo_database.name]["demo_order"].update_one(
+            {"_id": running["_id"]}, {"$set": {"_updated_at": three_hours_ago}}
+        )
+
+    def ids(*args: str) -> list[str]:
+        result = own_demo_database.busflow("show", "demo_order", *args)
+        assert result.returncode == 0, result.stderr
+        return [document["_id"] for document in parse_documents(result.stdout)]
+
+    an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    assert ids("--older-than", "2h") == [running["_id"]]
+    assert ids("--older-than", "1h59min30s") == [running["_id"]]
+    assert ids("--older-than", "4h") == []
+    assert ids("--updated-before", an_hour_ago) == [running["_id"]]
+    assert ids("--updated-before", "2000-01-01T00:00:00") == []
 
 
 def test_show_limits_the_documents_it_prints(demo_database: DemoDatabase) -> None:
@@ -280,6 +383,10 @@ def test_show_of_an_unknown_collection_names_the_known_ones(demo_database: DemoD
         ["show", "demo_order", "--where", "$where=sleep(1000)"],
         ["show", "demo_order", "--id", "a", "--where", "order_id=b"],
         ["show", "demo_order", "--status", "stuck"],
+        ["show", "demo_order", "--older-than", "soon"],
+        ["show", "demo_order", "--older-than", "2h5"],
+        ["show", "demo_order", "--older-than", "800000d"],
+        ["show", "demo_order", "--updated-before", "yesterday"],
         ["inspect", "--timeout", "soon"],
         ["launch"],
         [],

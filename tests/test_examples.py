@@ -1,9 +1,13 @@
 """The examples the README points to run as written."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,3 +48,38 @@ def test_the_loan_example_declines_the_loan_whose_credit_check_timed_out() -> No
         "workflow_status": "complete",
     }
     assert ignored == "timeouts ignored (their loan was complete): 1"
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / name)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_fastapi_example_shows_a_workflows_state() -> None:
+    example = load_example("fastapi_service.py")
+    transport = httpx.ASGITransport(app=example.app)
+    async with (
+        example.app.router.lifespan_context(example.app),
+        httpx.AsyncClient(transport=transport, base_url="http://service") as client,
+    ):
+        placed = await client.post("/orders/o-1")
+        await example.bus.wait_until_idle(timeout=5)
+        by_order = await client.get("/orders/o-1")
+        missing = await client.get("/orders/o-2")
+        workflow_id = by_order.json()["workflow_id"]
+        by_id = await client.get(f"/workflows/{workflow_id}")
+
+    assert placed.status_code == 202
+    assert by_order.status_code == 200
+    assert by_order.json() == {
+        "workflow_id": workflow_id,
+        "workflow_version": 1,
+        "workflow_status": "running",
+        "order_id": "o-1",
+    }
+    assert by_id.json() == by_order.json()
+    assert missing.status_code == 404

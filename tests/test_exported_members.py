@@ -37,6 +37,7 @@ def test_the_public_api_changes_only_on_purpose() -> None:
         "Transport",
         "TransportMessage",
         "Workflow",
+        "WorkflowAddress",
         "WorkflowConcurrencyError",
         "WorkflowMapper",
         "WorkflowState",

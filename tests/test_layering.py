@@ -10,7 +10,7 @@ from pathlib import Path
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "busflow"
 
 LAYERS = [
-    {"_errors", "_messages", "_uri"},
+    {"_errors", "_messages", "_uri", "_logs"},
     {"_workflow", "_values"},
     {"_persistence", "_transport", "_timeouts"},
     {"_memory", "_memory_transport", "mongodb", "rabbitmq"},

@@ -51,6 +51,9 @@ class BusflowError(Exception):
 
     retryable: bool = False
     """Whether handling the same message again could succeed."""
+    text_holds_values: bool = False
+    """Whether its text may quote values of a state or a message: busflow's log lines at INFO
+    and above then give only its type, unless ``with_values_in_logs()``."""
 
 
 class ConfigurationError(BusflowError):
@@ -61,10 +64,13 @@ class PersistenceError(BusflowError):
     """Reading or writing workflow state failed."""
 
     retryable = True
+    text_holds_values = True  # it may quote the driver, or a lookup
 
 
 class PersistenceConnectionError(PersistenceError):
     """The database cannot be reached. The message names the host, never a password."""
+
+    text_holds_values = False
 
 
 class WorkflowConcurrencyError(PersistenceError):
@@ -74,6 +80,8 @@ class WorkflowConcurrencyError(PersistenceError):
     workflow's id already exists, or when a save would break a uniqueness rule. The bus
     handles it by reading the state again and re-running the handler.
     """
+
+    text_holds_values = False
 
     def __init__(
         self,
@@ -98,6 +106,7 @@ class WorkflowUniquenessError(WorkflowConcurrencyError):
     """
 
     retryable = False
+    text_holds_values = True  # it names the value that is not unique
 
     def __init__(
         self,
@@ -126,6 +135,7 @@ class StoredStateError(PersistenceError):
     """
 
     retryable = False
+    text_holds_values = False
 
     def __init__(self, message: str, *, collection: str, workflow_id: object) -> None:
         super().__init__(message)

@@ -10,8 +10,9 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from busflow._errors import WorkflowConcurrencyError
+from busflow._logs import with_fields
 from busflow._messages import Message, MessageAttributes
-from busflow._persistence import CoreDependencies, resolve_lookup
+from busflow._persistence import CoreDependencies, WorkflowReads, resolve_lookup
 from busflow._timeouts import ClaimedMessage, ScheduledMessage
 from busflow._values import lookup_key, store_state
 from busflow._workflow import (
@@ -127,7 +128,7 @@ class _ScheduledMessages:
             del self._waiting[message_id]
 
 
-class InMemoryPersistence:
+class InMemoryPersistence(WorkflowReads):
     """Keeps workflow states, and messages to deliver later, in memory; lost with the process.
 
     It enforces versions exactly as ``MongoPersistence`` does, keeps datetimes to the
@@ -138,7 +139,7 @@ class InMemoryPersistence:
     """
 
     def __init__(self) -> None:
-        self._logger = logging.getLogger("busflow.memory")
+        self._logger = with_fields(logging.getLogger("busflow.memory"))
         self._tables: dict[type[WorkflowState], _Table] = {}
         self._state_types = StateTypesByName()
         self._scheduled = _ScheduledMessages()

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import logging
 
+from busflow._logs import with_fields
 from busflow._transport import DeadLetter, Delivery, Subscription, TransportMessage
 
 __all__ = ["MemoryTransport"]
@@ -24,7 +25,7 @@ class MemoryTransport:
     def __init__(self, *, dead_letter_limit: int = 1000) -> None:
         if dead_letter_limit < 0:
             raise ValueError(f"dead_letter_limit must not be negative, not {dead_letter_limit}")
-        self._logger = logging.getLogger("busflow.transport")
+        self._logger = with_fields(logging.getLogger("busflow.transport"))
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._names: frozenset[str] | None = None
         self._unsettled = 0

@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from busflow._errors import InvalidLookupValueError
+from busflow._errors import ConfigurationError, InvalidLookupValueError
 from busflow._messages import Message, MessageAttributes
 from busflow._values import StoredScalar, stored_scalar
-from busflow._workflow import MessageWorkflowMapping, WorkflowState
+from busflow._workflow import MessageWorkflowMapping, WorkflowState, lookup_field_problem
 
-__all__ = ["CoreDependencies", "Persistence"]
+__all__ = ["CoreDependencies", "Persistence", "WorkflowReads", "find_workflow", "find_workflows"]
 
 S = TypeVar("S", bound=WorkflowState)
 
@@ -41,9 +41,9 @@ class Persistence(Protocol):
     whatever the stored version, without changing it); the bus calls them when present.
     Without ``prepare`` a persistence must still work, logging under its own logger name.
 
-    A persistence stores every field of a state, the framework's ``workflow_applied`` and
-    ``workflow_outbox`` included, in one atomic write: that is what makes a message's effects
-    happen once.
+    A persistence stores every field of a state, the framework's ``workflow_applied``,
+    ``workflow_outbox`` and ``workflow_originator`` included, in one atomic write: that is what
+    makes a message's effects happen once.
     """
 
     def prepare(self, core_dependencies: CoreDependencies) -> None:
@@ -106,3 +106,73 @@ def resolve_lookup(
             f"{where}: the lookup for {mapping.maps_to!r} on {type(message).__name__} returned "
             f"{refused}"
         ) from None
+
+
+_NO_MESSAGE = Message()
+_NO_ATTRIBUTES = MessageAttributes()
+
+
+async def find_workflows(
+    persistence: Persistence,
+    state_type: type[S],
+    field_name: str,
+    value: object,
+    *,
+    include_completed: bool = True,
+) -> list[S]:
+    """The states of ``state_type`` whose ``field_name`` equals ``value``, read from
+    ``persistence`` with no message and no mapping of yours.
+
+    The value is compared by equality as a lookup's is (``resolve_lookup``): a dict, a list or
+    any other value no state may hold raises ``InvalidLookupValueError``, so it can never turn
+    into a query; ``None`` finds nothing. A field the state does not have, or one busflow sets
+    itself, raises ``ConfigurationError`` naming the fields there are.
+    """
+    problem = lookup_field_problem(state_type, field_name)
+    if problem is not None:
+        raise ConfigurationError(
+            f"find_workflows: {state_type.__name__} cannot be looked up by {problem}"
+        )
+
+    def lookup(_message: Message, _attributes: MessageAttributes) -> Any:
+        return value  # checked by the persistence, through resolve_lookup
+
+    mapping: MessageWorkflowMapping[Any, Any] = MessageWorkflowMapping(lookup, field_name)
+    return await persistence.get_workflow_state(
+        state_type, mapping, _NO_MESSAGE, _NO_ATTRIBUTES, include_completed
+    )
+
+
+async def find_workflow(
+    persistence: Persistence, state_type: type[S], workflow_id: str
+) -> S | None:
+    """The state of ``state_type`` with ``workflow_id``, completed or not; ``None`` if there is
+    none."""
+    found = await find_workflows(persistence, state_type, "workflow_id", workflow_id)
+    return found[0] if found else None
+
+
+class WorkflowReads:
+    """The read API of a persistence: workflow states by id or by a field's value.
+
+    ``InMemoryPersistence`` and ``MongoPersistence`` inherit it; ``Bus.find_workflow`` and
+    ``Bus.find_workflows`` offer the same over any persistence.
+    """
+
+    async def find_workflow(self: Persistence, state_type: type[S], workflow_id: str) -> S | None:
+        """The state with ``workflow_id``, completed or not; ``None`` if there is none."""
+        return await find_workflow(self, state_type, workflow_id)
+
+    async def find_workflows(
+        self: Persistence,
+        state_type: type[S],
+        field_name: str,
+        value: object,
+        *,
+        include_completed: bool = True,
+    ) -> list[S]:
+        """The states whose ``field_name`` equals ``value``; completed ones too unless
+        ``include_completed=False``. See ``busflow._persistence.find_workflows``."""
+        return await find_workflows(
+            self, state_type, field_name, value, include_completed=include_completed
+        )

@@ -53,6 +53,7 @@ __all__ = [
     "ID",
     "MAX_DOCUMENT_BYTES",
     "MAX_NESTING",
+    "ORIGINATOR",
     "OUTBOX",
     "RECORD_KEYS",
     "STATUS",
@@ -72,7 +73,7 @@ MAX_DOCUMENT_BYTES: Final = 16 * 1024 * 1024
 MAX_NESTING: Final = 100
 """MongoDB's limit on nesting: the document is one level, and each dict or list in it one more."""
 
-ID, VERSION, STATUS, UPDATED_AT, COMPLETED_AT, APPLIED, OUTBOX = (
+ID, VERSION, STATUS, UPDATED_AT, COMPLETED_AT, APPLIED, OUTBOX, ORIGINATOR = (
     "_id",
     "_version",
     "_status",
@@ -80,13 +81,19 @@ ID, VERSION, STATUS, UPDATED_AT, COMPLETED_AT, APPLIED, OUTBOX = (
     "_completed_at",
     "_applied",
     "_outbox",
+    "_originator",
 )
 """The keys busflow keeps beside a state's own fields."""
 FRAMEWORK_KEYS: Final = {"workflow_id": ID, "workflow_version": VERSION, "workflow_status": STATUS}
 """Fields that each persistence keeps itself, beside the state's own."""
-RECORD_KEYS: Final = {"workflow_applied": APPLIED, "workflow_outbox": OUTBOX}
-"""The bus's record of what messages did: kept and checked like the state's own fields, under
-keys of busflow's (see "Exactly-once effects" in the README)."""
+RECORD_KEYS: Final = {
+    "workflow_applied": APPLIED,
+    "workflow_outbox": OUTBOX,
+    "workflow_originator": ORIGINATOR,
+}
+"""The bus's record of what messages did, and of the workflow that started this one: kept and
+checked like the state's own fields, under keys of busflow's (see "Exactly-once effects" and
+"Replies between workflows" in the README)."""
 
 StoredScalar = str | int | float | Decimal | uuid.UUID | datetime | bytes | ObjectId
 """A single value as it is kept (``bool`` is an ``int``)."""

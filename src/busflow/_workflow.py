@@ -4,27 +4,45 @@ from __future__ import annotations
 
 import enum
 import inspect
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar, Generic, Protocol, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from busflow._errors import ConfigurationError
+from busflow._errors import BusError, ConfigurationError
 from busflow._messages import Message, MessageAttributes
 
 __all__ = [
+    "SENT_BY_WORKFLOW_ID",
+    "SENT_BY_WORKFLOW_NAME",
+    "WORKFLOW_ID",
+    "WORKFLOW_NAME",
     "MessageWorkflowMapping",
     "OutboxMessage",
     "StateTypesByName",
     "Workflow",
+    "WorkflowAddress",
     "WorkflowHandler",
     "WorkflowMapper",
     "WorkflowSender",
     "WorkflowState",
     "WorkflowStatus",
+    "addressee_of",
+    "sender_of",
 ]
+
+WORKFLOW_ID = "workflow_id"
+"""Sticky attribute: the workflow that replies go back to (by default, the one that sent)."""
+WORKFLOW_NAME = "workflow_name"
+"""Sticky attribute: that workflow's ``workflow_name``."""
+SENT_BY_WORKFLOW_ID = "busflow_sent_by_workflow_id"
+"""Attribute of one message: the workflow whose handler sent it."""
+SENT_BY_WORKFLOW_NAME = "busflow_sent_by_workflow_name"
+"""Attribute of one message: that workflow's ``workflow_name``."""
 
 
 class WorkflowStatus(enum.StrEnum):
@@ -58,6 +76,32 @@ class OutboxMessage(BaseModel):
     died (``OUTBOX_RESCUE_AFTER``)."""
 
 
+class WorkflowAddress(BaseModel):
+    """One workflow instance: its ``workflow_name`` and its ``workflow_id``."""
+
+    workflow_name: str
+    workflow_id: str
+
+    @classmethod
+    def of(cls, name: object, workflow_id: object) -> WorkflowAddress | None:
+        """The address of two attribute values, if both are strings."""
+        if isinstance(name, str) and isinstance(workflow_id, str):
+            return cls(workflow_name=name, workflow_id=workflow_id)
+        return None
+
+
+def addressee_of(attributes: MessageAttributes) -> WorkflowAddress | None:
+    """The workflow a message is addressed to by its sticky attributes, if any."""
+    sticky = attributes.sticky_attributes
+    return WorkflowAddress.of(sticky.get(WORKFLOW_NAME), sticky.get(WORKFLOW_ID))
+
+
+def sender_of(attributes: MessageAttributes) -> WorkflowAddress | None:
+    """The workflow whose handler sent a message, if a workflow's did."""
+    plain = attributes.attributes
+    return WorkflowAddress.of(plain.get(SENT_BY_WORKFLOW_NAME), plain.get(SENT_BY_WORKFLOW_ID))
+
+
 class WorkflowState(BaseModel):
     """Base class for the state that a workflow keeps between messages.
 
@@ -82,10 +126,31 @@ class WorkflowState(BaseModel):
     """The ids of the latest messages applied to this workflow, oldest first."""
     workflow_outbox: list[OutboxMessage] = Field(default_factory=list)
     """Messages that handlers sent, saved with the state, that may not have left yet."""
+    workflow_originator: WorkflowAddress | None = None
+    """The workflow whose message started this one, if one did (``reply_to_originator``)."""
 
 
 M = TypeVar("M", bound=Message)
 S = TypeVar("S", bound=WorkflowState)
+
+
+LookupResult: TypeAlias = (
+    str
+    | int
+    | float
+    | Decimal
+    | uuid.UUID
+    | datetime
+    | date
+    | time
+    | timedelta
+    | enum.Enum
+    | bytes
+    | None
+)
+"""What a lookup may return: a scalar, compared as it is stored (see ``busflow._values``), or
+``None`` for "no workflow". Any other value pydantic serializes as a scalar (an IP address, a
+path) is taken at runtime too; a dict, list or model is refused (``InvalidLookupValueError``)."""
 
 
 @dataclass(frozen=True)
@@ -97,14 +162,14 @@ class MessageWorkflowMapping(Generic[M, S]):
     ever compared by equality.
     """
 
-    lookup: Callable[[M, MessageAttributes], str | None]
+    lookup: Callable[[M, MessageAttributes], LookupResult]
     maps_to: str
 
 
 def workflow_id_from_sticky_attributes(
     _message: Message, attributes: MessageAttributes
 ) -> str | None:
-    value = attributes.sticky_attributes.get("workflow_id")
+    value = attributes.sticky_attributes.get(WORKFLOW_ID)
     return value if isinstance(value, str) else None
 
 
@@ -113,10 +178,14 @@ BY_WORKFLOW_ID: MessageWorkflowMapping[Any, Any] = MessageWorkflowMapping(
 )
 """What ``when`` uses without a mapping: the sticky ``workflow_id`` to ``workflow_id``."""
 
-WorkflowHandler: TypeAlias = Callable[
-    [Any, S, MessageAttributes], Awaitable["S | Mapping[str, Any] | None"]
+HandlerFor: TypeAlias = Callable[
+    [M, S, MessageAttributes], Awaitable["S | Mapping[str, Any] | None"]
 ]
-"""``async def handler(message, state, attributes)``, bound to a workflow instance."""
+"""``async def handler(message, state, attributes)`` for messages of type ``M``, bound to a
+workflow instance: ``started_by`` and ``when`` check that it takes the type they are given."""
+
+WorkflowHandler: TypeAlias = HandlerFor[Any, S]
+"""A handler as a route keeps it, for whichever message type the route has."""
 
 
 @dataclass(frozen=True)
@@ -146,14 +215,14 @@ class WorkflowMapper(Generic[S]):
         self._state_type = state_type
         return self
 
-    def started_by(self, message_type: type[M], handler: WorkflowHandler[S]) -> WorkflowMapper[S]:
+    def started_by(self, message_type: type[M], handler: HandlerFor[M, S]) -> WorkflowMapper[S]:
         self._routes.append(WorkflowRoute(message_type, handler, None))
         return self
 
     def when(
         self,
         message_type: type[M],
-        handler: WorkflowHandler[S],
+        handler: HandlerFor[M, S],
         mapping: MessageWorkflowMapping[M, S] | None = None,
     ) -> WorkflowMapper[S]:
         self._routes.append(WorkflowRoute(message_type, handler, mapping or BY_WORKFLOW_ID))
@@ -243,7 +312,25 @@ class StateTypesByName:
             )
 
 
-_SET_BY_BUSFLOW = ("workflow_status", "workflow_version", "workflow_applied", "workflow_outbox")
+_SET_BY_BUSFLOW = (
+    "workflow_status",
+    "workflow_version",
+    "workflow_applied",
+    "workflow_outbox",
+    "workflow_originator",
+)
+
+
+def lookup_field_problem(state_type: type[WorkflowState], field_name: str) -> str | None:
+    """Why states cannot be looked up by ``field_name``, if they cannot: it is not a field of
+    the state, or busflow sets it itself (``workflow_status``, ``workflow_version``, the
+    record). Said to follow "maps to" or "by"."""
+    fields = sorted(set(state_type.model_fields) - set(_SET_BY_BUSFLOW))
+    if field_name in _SET_BY_BUSFLOW:
+        return f"{field_name!r}, which busflow sets itself; use one of {fields}"
+    if field_name not in state_type.model_fields:
+        return f"{field_name!r}, which is not a field of {state_type.__name__}; fields are {fields}"
+    return None
 
 
 def check_mapping_fields(
@@ -255,16 +342,9 @@ def check_mapping_fields(
     """Fail with a clear error if a mapping maps to a field the state does not have, or to
     one that busflow sets itself (``workflow_status``, ``workflow_version``, the record)."""
     for mapping in mappings:
-        if mapping.maps_to in _SET_BY_BUSFLOW:
-            raise ConfigurationError(
-                f"{owner}: a mapping maps to {mapping.maps_to!r}, which busflow sets itself; "
-                "map to a field of your own, or to workflow_id"
-            )
-        if mapping.maps_to not in state_type.model_fields:
-            raise ConfigurationError(
-                f"{owner}: a mapping maps to {mapping.maps_to!r}, which is not a field of "
-                f"{state_type.__name__}; fields are {sorted(state_type.model_fields)}"
-            )
+        problem = lookup_field_problem(state_type, mapping.maps_to)
+        if problem is not None:
+            raise ConfigurationError(f"{owner}: a mapping maps to {problem}")
 
 
 class WorkflowSender(Protocol):
@@ -324,6 +404,35 @@ class Workflow(Generic[S]):
         """
         await self.bus.send(message, deliver_after=after, deliver_at=at)
 
+    async def reply_to_originator(self, state: S, message: Message) -> None:
+        """Send ``message`` to the workflow whose message started this one.
+
+        Handle it there with ``mapper.when(MessageType, handler)``: it arrives by the sticky
+        ``workflow_id``. Raises ``BusError`` if no workflow's message started this one.
+        """
+        originator = state.workflow_originator
+        if originator is None:
+            raise BusError(
+                f"{type(self).__name__} cannot reply to the originator of workflow "
+                f"{state.workflow_id}: no workflow's message started it; send "
+                f"{type(message).__name__} instead"
+            )
+        await self.bus.send(message, _addressed_to(originator))
+
+    async def reply(self, attributes: MessageAttributes, message: Message) -> None:
+        """Send ``message`` to the workflow that sent the message whose ``attributes`` these are.
+
+        Handle it there with ``mapper.when(MessageType, handler)``: it arrives by the sticky
+        ``workflow_id``. Raises ``BusError`` if no workflow's handler sent that message.
+        """
+        sender = sender_of(attributes)
+        if sender is None:
+            raise BusError(
+                f"{type(self).__name__} cannot reply with {type(message).__name__}: the "
+                "message being handled was not sent by a workflow; send it instead"
+            )
+        await self.bus.send(message, _addressed_to(sender))
+
     def complete_workflow(self, **changes: Any) -> dict[str, Any]:
         """Return ``changes`` that also mark the workflow complete; it gets no more messages."""
         return {**changes, "workflow_status": WorkflowStatus.COMPLETE}
@@ -331,3 +440,10 @@ class Workflow(Generic[S]):
     def discard_workflow(self) -> dict[str, Any]:
         """Return a result that drops the handler's changes: nothing is saved."""
         return {"workflow_status": WorkflowStatus.DISCARD}
+
+
+def _addressed_to(workflow: WorkflowAddress) -> MessageAttributes:
+    """Attributes that make a message find ``workflow`` by the sticky ``workflow_id``."""
+    return MessageAttributes(
+        sticky_attributes={WORKFLOW_ID: workflow.workflow_id, WORKFLOW_NAME: workflow.workflow_name}
+    )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
+import mongomock
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import InvalidOperation
 
 from busflow import (
@@ -33,7 +35,8 @@ BY_TICKET = by("ticket_no")
 async def save_and_find(persistence: MongoPersistence) -> Ticket:
     await persistence.initialize_workflow(Ticket, [BY_TICKET])
     await persistence.save_workflow_state(Ticket(workflow_id="wf-1", ticket_no="t-1"))
-    [found] = await find(persistence, Ticket, "ticket_no", "t-1")
+    found = await persistence.find_workflow(Ticket, "wf-1")
+    assert found is not None
     return found
 
 
@@ -210,3 +213,24 @@ def test_a_database_name_mongodb_refuses_is_a_configuration_error(
 def test_a_collection_prefix_mongodb_refuses_is_a_configuration_error(prefix: str) -> None:
     with pytest.raises(ConfigurationError, match="collection_prefix"):
         MongoPersistence("mongodb://127.0.0.1/", collection_prefix=prefix)
+
+
+@pytest.mark.parametrize(
+    "make_client",
+    [
+        lambda: MongoClient("mongodb://127.0.0.1:1/", connect=False),
+        lambda: mongomock.MongoClient(),
+    ],
+    ids=["pymongo MongoClient", "mongomock MongoClient"],
+)
+def test_a_synchronous_client_is_refused_when_the_persistence_is_made(
+    make_client: Callable[[], Any],
+) -> None:
+    client = make_client()
+    try:
+        with pytest.raises(
+            ConfigurationError, match=r"is synchronous: pass pymongo\.AsyncMongoClient"
+        ):
+            MongoPersistence(client=client)
+    finally:
+        client.close()

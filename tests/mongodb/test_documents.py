@@ -114,6 +114,7 @@ async def test_a_document_reads_plainly_in_the_shell(
         "_status": "running",
         "_applied": [],
         "_outbox": [],
+        "_originator": None,
         "order_id": "o-1",
         "customerRef": "c-9",
         "total": 30,

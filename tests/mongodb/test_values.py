@@ -19,14 +19,14 @@ from busflow._values import store_state
 from busflow.mongodb._documents import StateLayout, decode_value, to_bson
 from busflow.testing import Address, ContractValues, Priority
 
-CODECS = {
+CODECS: dict[str, CodecOptions[Any]] = {
     "pymongo defaults": CodecOptions(),
     "tz-aware, standard uuids": CodecOptions(
         tz_aware=True, uuid_representation=UuidRepresentation.STANDARD
     ),
 }
 
-texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 keys = texts.filter(lambda key: not key.startswith("$") and "." not in key and "\x00" not in key)
 instants = st.datetimes(
     min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)

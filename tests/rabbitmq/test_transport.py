@@ -150,7 +150,7 @@ async def test_a_burst_of_sends_of_a_new_name_declares_its_exchange_once(
             declarations.append(name)
             return await declare(name, *args, **kwargs)  # type: ignore[arg-type]
 
-        publisher.declare_exchange = counting_declare  # type: ignore[method-assign]
+        publisher.declare_exchange = counting_declare  # type: ignore[method-assign, assignment]
         burst = [
             TransportMessage(
                 Job.message_name, f"burst-{n}", Job(key=str(n)).model_dump_json().encode()
@@ -429,6 +429,10 @@ async def test_the_password_is_never_logged_nor_shown(
     assert caplog.records, "nothing was logged: the check would prove nothing"
     assert password not in caplog.text
     assert password not in "\n".join(shown)
+    rabbitmq_records = [r for r in caplog.records if r.name.startswith("busflow.rabbitmq")]
+    assert rabbitmq_records, "the transport logged nothing: the check below would prove nothing"
+    for record in rabbitmq_records:  # busflow's log fields are on every record, as on the bus's
+        assert all(hasattr(record, field) for field in ("workflow_id", "message_id"))
 
 
 async def test_a_message_of_an_unknown_name_or_none_is_dead_lettered_and_work_goes_on(

@@ -11,12 +11,14 @@ dead-lettered. ``metrics`` counts along the way and ``tracking`` knows when all 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from busflow._bus.context import ContextualSender, MessageIds, Outgoing, current_context
 from busflow._bus.dispatch import Dispatcher
@@ -27,20 +29,27 @@ from busflow._bus.retries import RetryPolicy
 from busflow._bus.routing import MessageHandler, Routes
 from busflow._bus.runner import WorkflowRunner
 from busflow._bus.settings import BusSettings
+from busflow._bus.telemetry import NoTelemetry, Telemetry, TelemetryFactory
 from busflow._bus.timeouts import TimeoutPoller, TimeoutPolling, due_time
 from busflow._bus.tracking import WorkTracker
 from busflow._errors import BusError, BusIdleTimeoutError, BusNotRunningError, ConfigurationError
+from busflow._logs import with_log_fields
 from busflow._memory import InMemoryPersistence
 from busflow._memory_transport import MemoryTransport
 from busflow._messages import Message, MessageAttributes
-from busflow._persistence import CoreDependencies, Persistence
+from busflow._persistence import CoreDependencies, Persistence, find_workflow, find_workflows
 from busflow._timeouts import ScheduledMessage, TimeoutStore
 from busflow._transport import DeadLetter, Subscription, Transport, TransportMessage
 from busflow._workflow import Workflow, WorkflowState
 
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
 __all__ = ["Bus", "BusConfiguration"]
 
 M = TypeVar("M", bound=Message)
+S = TypeVar("S", bound=WorkflowState)
 
 CANCEL_GRACE = 0.5
 """Seconds ``dispose`` waits for handlers it cancelled, after the dispose timeout."""
@@ -71,7 +80,11 @@ class Bus:
     def __init__(self, settings: BusSettings) -> None:
         self._settings = settings
         self.metrics = BusMetrics()
-        self._logger = settings.core_dependencies.logger_factory("busflow.bus")
+        self._telemetry: Telemetry = (
+            NoTelemetry() if settings.telemetry is None else settings.telemetry(self.metrics)
+        )
+        self._logger_factory = with_log_fields(settings.core_dependencies.logger_factory)
+        self._logger = self._logger_factory("busflow.bus")
         self._lifecycle = _Lifecycle.BUILT
         self._routes: Routes | None = None
         self._dispatcher: Dispatcher | None = None
@@ -83,7 +96,13 @@ class Bus:
         """Messages sent before ``start``; they leave when it starts the transport."""
         store = settings.persistence
         self._timeouts = (
-            TimeoutPoller(store, self._deliver, settings.timeout_polling, self._logger)
+            TimeoutPoller(
+                store,
+                self._deliver,
+                settings.timeout_polling,
+                self._logger,
+                settings.values_in_logs,
+            )
             if isinstance(store, TimeoutStore)
             else None
         )
@@ -126,7 +145,9 @@ class Bus:
         settings = self._settings
         routes = Routes(settings.workflows, settings.handlers)
         persistence = settings.persistence
-        persistence.prepare(settings.core_dependencies)
+        persistence.prepare(
+            dataclasses.replace(settings.core_dependencies, logger_factory=self._logger_factory)
+        )
         initialize = getattr(persistence, "initialize", None)
         if initialize is not None:
             await initialize()
@@ -141,6 +162,7 @@ class Bus:
             schedule=self._schedule,
             persistence=persistence,
             logger=self._logger,
+            values_in_logs=settings.values_in_logs,
         )
         runner = WorkflowRunner(
             persistence=persistence,
@@ -153,6 +175,8 @@ class Bus:
             keys=keys,
             logger=self._logger,
             applied_limit=settings.applied_limit,
+            values_in_logs=settings.values_in_logs,
+            telemetry=self._telemetry,
         )
         self._dispatcher = Dispatcher(
             routes=routes,
@@ -166,6 +190,8 @@ class Bus:
             policy=settings.retry_policy,
             metrics=self.metrics,
             logger=self._logger,
+            values_in_logs=settings.values_in_logs,
+            telemetry=self._telemetry,
             settled=self._settled,
         )
         self._routes = routes
@@ -380,7 +406,7 @@ class Bus:
     def _encode(self, outgoing: Outgoing) -> Dispatchable:
         assert self._routes is not None
         message = self._routes.encode(outgoing.message, outgoing.attributes, outgoing.message_id)
-        return Dispatchable(message, outgoing.publish, outgoing.due_at)
+        return Dispatchable(self._telemetry.carry(message), outgoing.publish, outgoing.due_at)
 
     async def _schedule(
         self, messages: Sequence[Dispatchable], sender: WorkflowState | None
@@ -419,6 +445,28 @@ class Bus:
             if expected:
                 self._tracker.forget(message.message_id)
             raise
+
+    # reading
+
+    async def find_workflow(self, state_type: type[S], workflow_id: str) -> S | None:
+        """The state of ``state_type`` with ``workflow_id``, completed or not; ``None`` if
+        there is none. Reads the persistence, whatever it is, with no message or mapping."""
+        return await find_workflow(self.persistence, state_type, workflow_id)
+
+    async def find_workflows(
+        self,
+        state_type: type[S],
+        field_name: str,
+        value: object,
+        *,
+        include_completed: bool = True,
+    ) -> list[S]:
+        """The states of ``state_type`` whose ``field_name`` equals ``value``; completed ones
+        too unless ``include_completed=False``. A field the state lacks raises
+        ``ConfigurationError``; a value that is not a scalar, ``InvalidLookupValueError``."""
+        return await find_workflows(
+            self.persistence, state_type, field_name, value, include_completed=include_completed
+        )
 
     # receiving
 
@@ -467,6 +515,8 @@ class BusConfiguration:
         self._per_workflow_order = True
         self._applied_limit = 100
         self._timeout_polling = TimeoutPolling()
+        self._values_in_logs = False
+        self._telemetry: TelemetryFactory | None = None
 
     def with_persistence(self, persistence: Persistence) -> Self:
         if not isinstance(persistence, Persistence):
@@ -560,6 +610,42 @@ class BusConfiguration:
         self._timeout_polling = TimeoutPolling(interval, max_interval, lease, batch)
         return self
 
+    def with_values_in_logs(self, enabled: bool = True) -> Self:
+        """Let log lines at INFO and above show values of states and messages (default off).
+
+        Off, those lines name fields, types and ids but never a value: not a lookup's value,
+        nor the text of an error that may quote one (a pydantic validation error is shown
+        without its input). DEBUG lines may show values either way.
+        """
+        self._values_in_logs = enabled
+        return self
+
+    def with_opentelemetry(
+        self,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> Self:
+        """Report to OpenTelemetry (``pip install "busflow[otel]"``): the global providers
+        unless given others.
+
+        A span for each delivery, continuing the trace its message carries, and a child span
+        for each handler run with the workflow's name and id; every message the bus sends
+        carries the trace context (``traceparent``) in its attributes, so a saga's messages
+        form one trace across processes. ``BusMetrics`` as observable counters, and a
+        histogram of handler durations (``busflow.handler.duration``, in ms).
+        """
+        try:
+            from busflow._bus.otel import OpenTelemetry
+        except ImportError:
+            raise ConfigurationError(
+                'with_opentelemetry() needs OpenTelemetry: pip install "busflow[otel]"'
+            ) from None
+        self._telemetry = functools.partial(
+            OpenTelemetry, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
+        return self
+
     def build(self) -> Bus:
         return Bus(
             BusSettings(
@@ -574,6 +660,8 @@ class BusConfiguration:
                 per_workflow_order=self._per_workflow_order,
                 applied_limit=self._applied_limit,
                 timeout_polling=self._timeout_polling,
+                values_in_logs=self._values_in_logs,
+                telemetry=self._telemetry,
             )
         )
 

@@ -10,7 +10,14 @@ from datetime import datetime, timedelta
 from typing import NamedTuple, TypeVar
 
 from busflow._messages import Message, MessageAttributes
-from busflow._workflow import WorkflowSender
+from busflow._workflow import (
+    SENT_BY_WORKFLOW_ID,
+    SENT_BY_WORKFLOW_NAME,
+    WORKFLOW_ID,
+    WORKFLOW_NAME,
+    WorkflowAddress,
+    WorkflowSender,
+)
 
 __all__ = [
     "ContextualSender",
@@ -57,7 +64,10 @@ class HandlingContext:
 
     Messages sent while the context is open wait in ``outbox`` until the handler's state is
     saved. Each gets an id derived from the incoming message's id, the handler, the workflow
-    and its position, so that running the handler again sends the same ids.
+    and its position, so that running the handler again sends the same ids. A workflow's
+    messages carry its address twice: as the sticky ``workflow_id`` and ``workflow_name``, where
+    replies go back to (unless the handler addresses another workflow), and as attributes of
+    that one message, which say who sent it.
     """
 
     def __init__(
@@ -65,12 +75,13 @@ class HandlingContext:
         bus: WorkflowSender,
         incoming: MessageAttributes,
         *,
-        workflow_id: str | None,
+        workflow: WorkflowAddress | None,
         handler: str,
     ) -> None:
         self.bus = bus
         self.incoming = incoming
-        self.workflow_id = workflow_id
+        self.workflow = workflow
+        self.workflow_id = None if workflow is None else workflow.workflow_id
         self.handler = handler
         self.outbox: list[Outgoing] = []
         self.open = True
@@ -86,8 +97,12 @@ class HandlingContext:
     ) -> Outgoing:
         given = given or MessageAttributes()
         sticky = dict(self.incoming.sticky_attributes)
-        if self.workflow_id is not None:
-            sticky["workflow_id"] = self.workflow_id
+        plain = dict(given.attributes)
+        if self.workflow is not None:
+            sticky[WORKFLOW_ID] = self.workflow.workflow_id
+            sticky[WORKFLOW_NAME] = self.workflow.workflow_name
+            plain[SENT_BY_WORKFLOW_ID] = self.workflow.workflow_id
+            plain[SENT_BY_WORKFLOW_NAME] = self.workflow.workflow_name
         sticky.update(given.sticky_attributes)
         message_id = given.message_id or str(
             uuid.uuid5(
@@ -98,7 +113,7 @@ class HandlingContext:
         self._sent += 1
         attributes = MessageAttributes(
             correlation_id=given.correlation_id or self.incoming.correlation_id,
-            attributes=dict(given.attributes),
+            attributes=plain,
             sticky_attributes=sticky,
         )
         return Outgoing(message, attributes, message_id, publish, due_at)

@@ -7,14 +7,16 @@ import traceback
 from collections.abc import Awaitable, Callable, Hashable
 
 from busflow._bus.context import HandlingContext, Outgoing, run_in_context
-from busflow._bus.handling import Failure, Handling
+from busflow._bus.handling import Failure, Handling, about_message
 from busflow._bus.metrics import BusMetrics
 from busflow._bus.ordering import Job, Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox
 from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import PlainSubscriber, Routes, Subscriber
 from busflow._bus.runner import WorkflowRunner
+from busflow._bus.telemetry import Telemetry
 from busflow._errors import MessageDecodeError
+from busflow._logs import error_for_log, timed
 from busflow._transport import DeadLetter, Delivery, Transport, TransportMessage
 from busflow._workflow import WorkflowSender
 
@@ -43,6 +45,8 @@ class Dispatcher:
         policy: RetryPolicy,
         metrics: BusMetrics,
         logger: logging.Logger,
+        values_in_logs: bool,
+        telemetry: Telemetry,
         settled: Callable[[TransportMessage, bool], None],
     ) -> None:
         self._routes = routes
@@ -56,10 +60,16 @@ class Dispatcher:
         self._policy = policy
         self._metrics = metrics
         self._logger = logger
+        self._values_in_logs = values_in_logs
+        self._telemetry = telemetry
         self._settled = settled
         """Told of each settled delivery, and whether it will come back for a retry."""
 
     async def handle(self, delivery: Delivery) -> None:
+        with about_message(delivery.message), self._telemetry.delivery(delivery.message):
+            await self._handle(delivery)
+
+    async def _handle(self, delivery: Delivery) -> None:
         self._metrics.messages_delivered += 1
         try:
             message, attributes = self._routes.decode(delivery.message)
@@ -114,11 +124,15 @@ class Dispatcher:
         context = HandlingContext(
             self._sender,
             handling.attributes,
-            workflow_id=None,
+            workflow=None,
             handler=subscriber.name,
         )
         self._metrics.handler_runs += 1
-        await run_in_context(context, subscriber.handler(handling.message, handling.attributes))
+        with (
+            timed(self._logger, subscriber.name, handling.delivery.message.name),
+            self._telemetry.handler_run(subscriber.name, None),
+        ):
+            await run_in_context(context, subscriber.handler(handling.message, handling.attributes))
         context.open = False
         await self._outbox.dispatch([self._encode(outgoing) for outgoing in context.outbox])
 
@@ -166,13 +180,12 @@ class Dispatcher:
         )
         self._metrics.dead_letters += 1
         self._logger.error(
-            "%s failed on %s (message id %s) after %d attempt(s); dead-lettered: %s: %s",
+            "%s failed on %s (message id %s) after %d attempt(s); dead-lettered: %s",
             dead_letter.handler,
             message.name,
             message.message_id,
             message.attempt,
-            dead_letter.error_type,
-            dead_letter.error_text,
+            error_for_log(error, values=self._values_in_logs),
         )
         failures.clear()
         await self._call(self._transport.dead_letter(delivery, dead_letter), message, retried=False)

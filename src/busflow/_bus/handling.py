@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from busflow._bus.ordering import Job
+from busflow._logs import logged_with
 from busflow._messages import Message, MessageAttributes
-from busflow._transport import Delivery
+from busflow._transport import Delivery, TransportMessage
 
-__all__ = ["Failure", "Handling"]
+__all__ = ["Failure", "Handling", "about_message"]
+
+
+def about_message(message: TransportMessage) -> AbstractContextManager[None]:
+    """Within this block, busflow's log records name ``message``."""
+    return logged_with(
+        message_name=message.name,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -53,18 +64,19 @@ class Handling:
         self.pending += 1
 
         async def run() -> None:
-            try:
-                await work()
-            except asyncio.CancelledError as error:
-                if being_cancelled():
-                    raise  # the bus is stopping: this handling is abandoned, not settled
-                self.failures.append(Failure(handler, error))
-            except Exception as error:
-                self.failures.append(Failure(handler, error))
-            else:
-                if completion is not None:
-                    self.completed.append(completion)
-            await self.unit_done()
+            with about_message(self.delivery.message):  # it may run in another worker
+                try:
+                    await work()
+                except asyncio.CancelledError as error:
+                    if being_cancelled():
+                        raise  # the bus is stopping: this handling is abandoned, not settled
+                    self.failures.append(Failure(handler, error))
+                except Exception as error:
+                    self.failures.append(Failure(handler, error))
+                else:
+                    if completion is not None:
+                        self.completed.append(completion)
+                await self.unit_done()
 
         return run
 

@@ -22,6 +22,9 @@ class BusMetrics:
     dead_letters: int = 0
     unmatched: int = 0
     """Messages for a workflow that found no running state and were ignored."""
+    replies_unmatched: int = 0
+    """Of those, messages that one workflow sent to another (``reply``,
+    ``reply_to_originator``) and that found it no longer running; each is logged at WARNING."""
     duplicate_starts: int = 0
     """Starts refused by a uniqueness rule (``unique_running``), or whose workflow already
     exists, ignored."""

@@ -87,7 +87,7 @@ class WorkflowKeys:
             return None
         if value is None:
             return None
-        if mapping.maps_to == "workflow_id":
+        if mapping.maps_to == "workflow_id" and isinstance(value, str):
             return self.of_instance(state_type, value)
         key = (state_type, mapping.maps_to, value)
         return self._instances.get(key, key)

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, Protocol
 
+from busflow._logs import error_for_log
 from busflow._persistence import Persistence
 from busflow._transport import TransportMessage
 from busflow._workflow import OutboxMessage, WorkflowState
@@ -95,6 +96,7 @@ class Outbox:
         schedule: Schedule,
         persistence: Persistence,
         logger: logging.Logger,
+        values_in_logs: bool = False,
         remember: int = 100_000,
     ) -> None:
         self._deliver = deliver
@@ -103,6 +105,7 @@ class Outbox:
             getattr(persistence, "clear_outbox", None)
         )
         self._logger = logger
+        self._values_in_logs = values_in_logs
         self._remember = remember
         self._dispatched: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._clears: dict[_Key, tuple[asyncio.TimerHandle, list[str]]] = {}
@@ -194,7 +197,7 @@ class Outbox:
                 len(message_ids),
                 state_type.workflow_name,
                 workflow_id,
-                error,
+                error_for_log(error, values=self._values_in_logs),
             )
 
     async def close(self) -> None:

@@ -18,14 +18,19 @@ from busflow._bus.ordering import Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox, to_record
 from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import WorkflowSubscriber
+from busflow._bus.telemetry import Telemetry
 from busflow._bus.timeouts import DUE_AT_ATTRIBUTE
 from busflow._errors import HandlerResultError, WorkflowConcurrencyError, WorkflowUniquenessError
-from busflow._persistence import Persistence
+from busflow._logs import error_for_log, logged_with, timed
+from busflow._persistence import Persistence, find_workflow
 from busflow._workflow import (
     MessageWorkflowMapping,
+    WorkflowAddress,
     WorkflowSender,
     WorkflowState,
     WorkflowStatus,
+    addressee_of,
+    sender_of,
 )
 
 __all__ = ["WorkflowRunner", "apply_handler_result"]
@@ -57,6 +62,8 @@ class WorkflowRunner:
         keys: WorkflowKeys,
         logger: logging.Logger,
         applied_limit: int,
+        values_in_logs: bool,
+        telemetry: Telemetry,
     ) -> None:
         self._persistence = persistence
         self._sender = sender
@@ -68,6 +75,8 @@ class WorkflowRunner:
         self._keys = keys
         self._logger = logger
         self._applied_limit = applied_limit
+        self._values_in_logs = values_in_logs
+        self._telemetry = telemetry
 
     async def start(self, subscriber: WorkflowSubscriber[Any], handling: Handling) -> None:
         """Run a starting handler on a new state and save it, unless it discards it.
@@ -78,20 +87,36 @@ class WorkflowRunner:
         message_id = handling.attributes.message_id
         state_type = subscriber.state_type
         derived = None if message_id is None else workflow_id_for(message_id, state_type)
+        with logged_with(workflow_name=state_type.workflow_name, workflow_id=derived):
+            await self._start(subscriber, handling, derived)
+
+    async def _start(
+        self, subscriber: WorkflowSubscriber[Any], handling: Handling, derived: str | None
+    ) -> None:
+        state_type = subscriber.state_type
+        originator = addressee_of(handling.attributes)
         for _ in range(self._policy.max_stalled_conflicts):
-            state = state_type.model_validate({"workflow_id": derived or str(uuid.uuid4())})
+            state = state_type.model_validate(
+                {"workflow_id": derived or str(uuid.uuid4()), "workflow_originator": originator}
+            )
             try:
                 await self._run_handler(subscriber, handling, state, always_save=True)
                 return
             except WorkflowUniquenessError as error:
                 self._metrics.duplicate_starts += 1
-                self._logger.warning("%s: duplicate start ignored: %s", subscriber.name, error)
+                self._logger.warning(
+                    "%s: duplicate start ignored: another running %s has the same %s%s",
+                    subscriber.name,
+                    state_type.workflow_name,
+                    error.field,
+                    f" ({error.value!r})" if self._values_in_logs else "",
+                )
                 return
             except WorkflowConcurrencyError:
                 self._metrics.conflicts += 1
                 if derived is None:
                     continue  # a random id that happened to exist: draw another
-            existing = await self._read(subscriber, handling, derived, include_completed=True)
+            existing = await self._read(subscriber, derived)
             if existing is not None:
                 if not await self._if_applied(subscriber, handling, existing):
                     self._metrics.duplicate_starts += 1
@@ -117,6 +142,12 @@ class WorkflowRunner:
         handled in its own instance's turn: at once where that turn is ``held`` or free,
         otherwise by the worker holding it, on a fresh read.
         """
+        with logged_with(workflow_name=subscriber.state_type.workflow_name):
+            await self._continue_workflows(subscriber, handling, held)
+
+    async def _continue_workflows(
+        self, subscriber: WorkflowSubscriber[Any], handling: Handling, held: Hashable | None
+    ) -> None:
         mapping = subscriber.route.mapping
         assert mapping is not None
         states = await self._persistence.get_workflow_state(
@@ -165,23 +196,28 @@ class WorkflowRunner:
                 await self._if_applied(subscriber, handling, state)
             if applied:
                 return
-        self._count_ignored(handling)
-        self._logger.info(
-            "%s: no running %s matches %s=%r; the message was ignored",
-            subscriber.name,
+        self._ignore(
+            subscriber,
+            handling,
+            "no running %s matches %s; the message was ignored",
             subscriber.state_type.workflow_name,
-            mapping.maps_to,
-            _safe_lookup(mapping, handling),
+            self._lookup_for_log(mapping, handling),
         )
 
     async def _run_on_fresh(
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, workflow_id: str
     ) -> None:
-        state = await self._read(subscriber, handling, workflow_id, include_completed=True)
+        state = await self._read(subscriber, workflow_id)
         if state is not None:
             await self._run_on(subscriber, handling, state)
 
     async def _run_on(
+        self, subscriber: WorkflowSubscriber[Any], handling: Handling, state: WorkflowState
+    ) -> None:
+        with logged_with(workflow_name=state.workflow_name, workflow_id=state.workflow_id):
+            await self._run_on_state(subscriber, handling, state)
+
+    async def _run_on_state(
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, state: WorkflowState
     ) -> None:
         stalled = 0
@@ -198,9 +234,7 @@ class WorkflowRunner:
                 raise
             except WorkflowConcurrencyError:
                 self._metrics.conflicts += 1
-                fresh = await self._read(
-                    subscriber, handling, state.workflow_id, include_completed=True
-                )
+                fresh = await self._read(subscriber, state.workflow_id)
                 if fresh is None:
                     self._no_longer_running(subscriber, handling, state.workflow_id)
                     return
@@ -209,6 +243,13 @@ class WorkflowRunner:
                 if stalled >= self._policy.max_stalled_conflicts:
                     raise
                 state = fresh
+
+    def _lookup_for_log(self, mapping: MessageWorkflowMapping[Any, Any], handling: Handling) -> str:
+        """``field=value`` for a log line; the value only if it is a workflow id, or if the
+        bus logs values."""
+        if mapping.maps_to != "workflow_id" and not self._values_in_logs:
+            return f"the message's {mapping.maps_to}"
+        return f"{mapping.maps_to}={_safe_lookup(mapping, handling)!r}"
 
     def _was_applied(self, handling: Handling, state: WorkflowState) -> bool:
         message_id = handling.attributes.message_id
@@ -235,40 +276,55 @@ class WorkflowRunner:
         )
         return True
 
-    def _count_ignored(self, handling: Handling) -> None:
-        """A message that found no running workflow: unmatched, and a timeout if it is one."""
+    def _ignore(
+        self,
+        subscriber: WorkflowSubscriber[Any],
+        handling: Handling,
+        why: str,
+        *arguments: object,
+    ) -> None:
+        """A message that found no running workflow: counted as unmatched, and as a timeout if
+        it is one. One that another workflow sent to this workflow (a reply) is counted as an
+        unmatched reply and logged at WARNING, since its sender may be waiting for an answer."""
         self._metrics.unmatched += 1
         if DUE_AT_ATTRIBUTE in handling.attributes.attributes:
             self._metrics.timeouts_ignored += 1
+        level = logging.INFO
+        if _from_another_workflow(handling, subscriber.state_type.workflow_name):
+            self._metrics.replies_unmatched += 1
+            level = logging.WARNING
+            why += "; another workflow sent it here"
+        self._logger.log(level, f"%s: {why}", subscriber.name, *arguments)
 
     def _no_longer_running(
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, workflow_id: str
     ) -> None:
-        self._count_ignored(handling)
-        self._logger.info(
-            "%s: workflow %s is no longer running; %s was not applied to it",
-            subscriber.name,
+        self._ignore(
+            subscriber,
+            handling,
+            "workflow %s is no longer running; %s was not applied to it",
             workflow_id,
             type(handling.message).__name__,
         )
 
     async def _read(
+        self, subscriber: WorkflowSubscriber[Any], workflow_id: str
+    ) -> WorkflowState | None:
+        """The workflow with ``workflow_id``, completed or not, fresh from the persistence."""
+        return await find_workflow(self._persistence, subscriber.state_type, workflow_id)
+
+    async def _run_handler(
         self,
         subscriber: WorkflowSubscriber[Any],
         handling: Handling,
-        workflow_id: str,
+        state: WorkflowState,
         *,
-        include_completed: bool,
-    ) -> WorkflowState | None:
-        by_id: MessageWorkflowMapping[Any, Any] = MessageWorkflowMapping(
-            lookup=lambda _message, _attributes: workflow_id, maps_to="workflow_id"
-        )
-        found = await self._persistence.get_workflow_state(
-            subscriber.state_type, by_id, handling.message, handling.attributes, include_completed
-        )
-        return found[0] if found else None
+        always_save: bool,
+    ) -> None:
+        with logged_with(workflow_name=state.workflow_name, workflow_id=state.workflow_id):
+            await self._run_handler_on(subscriber, handling, state, always_save=always_save)
 
-    async def _run_handler(
+    async def _run_handler_on(
         self,
         subscriber: WorkflowSubscriber[Any],
         handling: Handling,
@@ -279,16 +335,18 @@ class WorkflowRunner:
         now = datetime.now(UTC) if state.workflow_outbox else None
         if now is not None:
             await self._outbox.rescue(state, now)
+        workflow = WorkflowAddress(workflow_name=state.workflow_name, workflow_id=state.workflow_id)
         context = HandlingContext(
-            self._sender,
-            handling.attributes,
-            workflow_id=state.workflow_id,
-            handler=subscriber.name,
+            self._sender, handling.attributes, workflow=workflow, handler=subscriber.name
         )
         self._metrics.handler_runs += 1
-        result = await run_in_context(
-            context, subscriber.route.handler(handling.message, state, handling.attributes)
-        )
+        with (
+            timed(self._logger, subscriber.name, handling.delivery.message.name),
+            self._telemetry.handler_run(subscriber.name, workflow),
+        ):
+            result = await run_in_context(
+                context, subscriber.route.handler(handling.message, state, handling.attributes)
+            )
         updated = apply_handler_result(state, result, handler_name=subscriber.name)
         context.open = False
         outgoing = [self._encode(each) for each in context.outbox]
@@ -324,21 +382,18 @@ class WorkflowRunner:
                 raise
             if not is_retryable(error):
                 raise
-            stored = await self._read(
-                subscriber, handling, state.workflow_id, include_completed=True
-            )
+            stored = await self._read(subscriber, state.workflow_id)
             landed = (
                 stored is not None
                 and stored.workflow_version == state.workflow_version + 1
                 and stored.workflow_applied[-1:] == state.workflow_applied[-1:]
             )
             self._logger.warning(
-                "%s: saving workflow %s of %s ended in %s: %s; read back, the save %s",
+                "%s: saving workflow %s of %s ended in %s; read back, the save %s",
                 subscriber.name,
                 state.workflow_id,
                 state.workflow_name,
-                type(error).__name__,
-                error,
+                error_for_log(error, values=self._values_in_logs),
                 "is there" if landed else "is not there, so it runs again on fresh state",
             )
             if landed:
@@ -371,6 +426,19 @@ def _bind(
         await run(subscriber, handling, argument)
 
     return bound
+
+
+def _from_another_workflow(handling: Handling, workflow_name: str) -> bool:
+    """Whether a workflow's handler sent this message to a workflow of ``workflow_name`` other
+    than itself, by the sticky ``workflow_id``."""
+    sender = sender_of(handling.attributes)
+    addressee = addressee_of(handling.attributes)
+    return (
+        sender is not None
+        and addressee is not None
+        and addressee.workflow_name == workflow_name
+        and addressee != sender
+    )
 
 
 def _safe_lookup(mapping: MessageWorkflowMapping[Any, Any], handling: Handling) -> object:
@@ -417,6 +485,7 @@ def apply_handler_result(state: S, result: object, *, handler_name: str) -> S | 
     data["workflow_version"] = state.workflow_version
     data["workflow_applied"] = state.workflow_applied
     data["workflow_outbox"] = state.workflow_outbox
+    data["workflow_originator"] = state.workflow_originator
     try:
         return state_type.model_validate(data, by_name=True, by_alias=False)
     except ValidationError as error:

@@ -7,6 +7,7 @@ from typing import Any
 
 from busflow._bus.retries import RetryPolicy
 from busflow._bus.routing import MessageHandler
+from busflow._bus.telemetry import TelemetryFactory
 from busflow._bus.timeouts import TimeoutPolling
 from busflow._messages import Message
 from busflow._persistence import CoreDependencies, Persistence
@@ -31,3 +32,7 @@ class BusSettings:
     per_workflow_order: bool
     applied_limit: int
     timeout_polling: TimeoutPolling
+    values_in_logs: bool = False
+    """Whether log lines at INFO and above may show values of states and messages."""
+    telemetry: TelemetryFactory | None = None
+    """Makes what the bus reports to tracing and metrics; ``None`` reports nothing."""

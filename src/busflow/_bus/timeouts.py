@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from busflow._bus.outbox import Deliver
 from busflow._errors import ConfigurationError
+from busflow._logs import error_for_log
 from busflow._timeouts import TimeoutStore
 
 __all__ = ["DUE_AT_ATTRIBUTE", "TimeoutPoller", "TimeoutPolling", "due_time"]
@@ -73,8 +74,10 @@ class TimeoutPoller:
         deliver: Deliver,
         polling: TimeoutPolling,
         logger: logging.Logger,
+        values_in_logs: bool = False,
     ) -> None:
         self._store = store
+        self._values_in_logs = values_in_logs
         self._deliver = deliver
         self._polling = polling
         self._logger = logger
@@ -131,7 +134,10 @@ class TimeoutPoller:
             try:
                 found = await self.poll_once()
             except Exception as error:
-                self._logger.warning("polling for due messages failed: %s", error)
+                self._logger.warning(
+                    "polling for due messages failed: %s",
+                    error_for_log(error, values=self._values_in_logs),
+                )
                 found = 0
             if found >= self._polling.batch:
                 continue

@@ -1,11 +1,13 @@
 """``busflow``: read-only commands for operators, and the demo.
 
-    busflow inspect [--uri URI] [--database DB]
+    busflow inspect [--uri URI] [--database DB] [--outbox-age SECONDS] [--json]
         the workflow collections: counts by status, the oldest running workflow and its
         age, and the health of busflow's indexes
     busflow show [--uri URI] [--database DB] COLLECTION [--id ID | --where FIELD=VALUE]
-                 [--status running|complete] [--limit N]
-        stored documents as relaxed Extended JSON
+                 [--status running|complete] [--older-than DURATION]
+                 [--updated-before DATETIME] [--limit N] [--json]
+        stored documents as relaxed Extended JSON; with --id, also the workflow's applied
+        message ids and pending outgoing messages
     busflow demo [--uri URI] [--database DB] [--amqp URL]
         run the order saga example (``busflow.demo``)
     busflow dead-letters list --queue QUEUE [--amqp URL] [--limit N] [--traceback]
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +50,9 @@ from busflow.cli._common import (
     positive_seconds,
 )
 from busflow.cli._dead_letters import list_dead_letters, replay_dead_letters
+from busflow.mongodb import (
+    APPLIED_FIELD as APPLIED,
+)
 from busflow.mongodb import (
     OUTBOX_FIELD as OUTBOX,
 )
@@ -151,39 +158,64 @@ def inspect(arguments: argparse.Namespace) -> int:
             )
         existing = set(database.list_collection_names())
         now = datetime.now(UTC)
-        print(
-            f"database {database.name} at {server.hosts}: "
-            f"{len(entries)} workflow collection(s), checked {now:%Y-%m-%d %H:%M:%S} UTC"
-        )
         timeouts = pending_timeouts(database, existing)
-        problems = 0
+        reports: list[CollectionReport] = []
         for entry in entries:
-            print()
             report = inspect_collection(
                 database, entry, existing, now, timedelta(seconds=arguments.outbox_age)
             )
             waiting = timeouts.pop(entry.get("workflow_name"), None)
             report.lines.insert(2, describe_timeouts(waiting, now))
-            problems += report.problems
-            for line in report.lines:
-                print(line)
-        others = sum(count for count, _ in timeouts.values())
-        if others:
-            print()
-            print(f"{TIMEOUTS_COLLECTION}: {others} message(s) to deliver later, sent from outside")
+            count, due = waiting or (0, None)
+            report.data["timeouts"] = {"pending": count, "next_due": due}
+            reports.append(report)
+    problems = sum(report.problems for report in reports)
+    others = sum(count for count, _ in timeouts.values())
+    if arguments.json:
+        inspected = {
+            "database": database.name,
+            "hosts": server.hosts,
+            "checked_at": now,
+            "collections": [report.data | {"problems": report.problem_texts} for report in reports],
+            "timeouts_from_outside": others,
+            "problems": problems,
+        }
+        print(json_util.dumps(inspected, json_options=RELAXED_JSON))
+        return 0
+    print(
+        f"database {database.name} at {server.hosts}: "
+        f"{len(entries)} workflow collection(s), checked {now:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    for report in reports:
         print()
-        print(
-            "no problems found"
-            if not problems
-            else f"{problems} problem(s) found; see the lines marked with !"
-        )
+        for line in report.lines:
+            print(line)
+    if others:
+        print()
+        print(f"{TIMEOUTS_COLLECTION}: {others} message(s) to deliver later, sent from outside")
+    print()
+    print(
+        "no problems found"
+        if not problems
+        else f"{problems} problem(s) found; see the lines marked with !"
+    )
     return 0
 
 
 @dataclass
 class CollectionReport:
+    """What ``inspect`` found in one collection: lines for a person, data for ``--json``."""
+
     lines: list[str]
     problems: int = 0
+    data: Document = dataclasses.field(default_factory=dict)
+
+    @property
+    def problem_texts(self) -> list[str]:
+        """The problems, as the lines marked with ! say them."""
+        return [
+            line.strip().removeprefix("! ") for line in self.lines if line.lstrip().startswith("!")
+        ]
 
 
 def inspect_collection(
@@ -197,7 +229,8 @@ def inspect_collection(
     problem = registry_entry_problem(entry)
     if problem is not None:
         return CollectionReport(
-            [
+            data={"collection": entry.get(ID)},
+            lines=[
                 f"{entry.get(ID)!r}  (an entry of {REGISTRY_COLLECTION})",
                 f"  ! busflow cannot read this entry: {problem}; fix or delete it "
                 f"(db.{REGISTRY_COLLECTION}.deleteOne({{_id: {entry.get(ID)!r}}})), and the "
@@ -210,7 +243,13 @@ def inspect_collection(
         [
             f"{name}  (workflow {entry.get('workflow_name', '?')}, "
             f"state {entry.get('state_type', '?')})"
-        ]
+        ],
+        data={
+            "collection": name,
+            "workflow_name": entry.get("workflow_name"),
+            "state_type": entry.get("state_type"),
+            "exists": name in existing,
+        },
     )
     if name not in existing:
         report.lines.append(
@@ -228,29 +267,40 @@ def inspect_collection(
     statuses = order + sorted(status for status in counts if status not in order)
     by_status = ", ".join(f"{counts.get(status, 0)} {status}" for status in statuses)
     report.lines.append(f"  workflows:      {by_status} ({sum(counts.values())} in all)")
+    report.data["workflows"] = {status: counts.get(status, 0) for status in statuses}
 
     oldest = collection.find_one(
         {STATUS: WorkflowStatus.RUNNING.value}, sort=[(UPDATED_AT, 1), (ID, 1)]
     )
+    report.data["oldest_running"] = None
     if oldest is None:
         report.lines.append("  oldest running: none")
     else:
         updated_at = oldest.get(UPDATED_AT)
-        age = (
-            f"updated {_when(updated_at)}, {format_age(now - updated_at)} ago"
-            if isinstance(updated_at, datetime)
+        age = (now - updated_at) if isinstance(updated_at, datetime) else None
+        described_age = (
+            f"updated {_when(updated_at)}, {format_age(age)} ago"
+            if age is not None
             else f"no {UPDATED_AT}"
         )
-        looked_up = "".join(
-            f" {key}={oldest[key]!r}" for key in _lookup_keys(entry) if key in oldest
-        )
-        report.lines.append(f"  oldest running: {oldest[ID]}{looked_up}, {age}")
+        lookups = {key: oldest[key] for key in _lookup_keys(entry) if key in oldest}
+        looked_up = "".join(f" {key}={value!r}" for key, value in lookups.items())
+        report.lines.append(f"  oldest running: {oldest[ID]}{looked_up}, {described_age}")
+        report.data["oldest_running"] = {
+            "workflow_id": oldest[ID],
+            "lookups": lookups,
+            "updated_at": updated_at if age is not None else None,
+            "age_seconds": None if age is None else int(age.total_seconds()),
+        }
 
-    report.problems += report_waiting_outboxes(collection, now, outbox_age, report.lines)
+    report.problems += report_waiting_outboxes(collection, now, outbox_age, report)
 
-    index_lines, index_problems = check_indexes(collection.name, entry, collection.list_indexes())
+    index_lines, healthy, index_problems = check_indexes(
+        collection.name, entry, collection.list_indexes()
+    )
     report.lines += index_lines
     report.problems += index_problems
+    report.data["indexes_ok"] = healthy
     return report
 
 
@@ -283,7 +333,10 @@ def describe_timeouts(waiting: tuple[int, datetime | None] | None, now: datetime
 
 
 def report_waiting_outboxes(
-    collection: Collection[Document], now: datetime, outbox_age: timedelta, lines: list[str]
+    collection: Collection[Document],
+    now: datetime,
+    outbox_age: timedelta,
+    report: CollectionReport,
 ) -> int:
     """Report workflows whose saved outgoing messages waited longer than ``outbox_age``.
 
@@ -295,8 +348,9 @@ def report_waiting_outboxes(
     saved_at = f"{OUTBOX}.saved_at"
     stale = {saved_at: {"$lt": now - outbox_age}}
     waiting = collection.count_documents(stale)
+    report.data["outgoing_waiting"] = waiting
     if not waiting:
-        lines.append(f"  outgoing:       none waiting longer than {format_age(outbox_age)}")
+        report.lines.append(f"  outgoing:       none waiting longer than {format_age(outbox_age)}")
         return 0
     oldest = collection.find_one(stale, sort=[(saved_at, 1), (ID, 1)]) or {}
     times: list[datetime] = [
@@ -305,7 +359,7 @@ def report_waiting_outboxes(
         if isinstance(record, Mapping) and isinstance(when := record.get("saved_at"), datetime)
     ]
     since = format_age(now - min(times)) if times else "long"
-    lines.append(
+    report.lines.append(
         f"  ! outgoing:     {waiting} workflow(s) hold outgoing messages saved longer than "
         f"{format_age(outbox_age)} ago and never cleared; the oldest, {oldest.get(ID)}, for "
         f"{since}. They leave when the message that sent them is delivered again, or when a "
@@ -348,8 +402,9 @@ def _lookup_keys(entry: Mapping[str, Any]) -> list[str]:
 
 def check_indexes(
     collection: str, entry: Mapping[str, Any], listed_indexes: Iterator[Mapping[str, Any]]
-) -> tuple[list[str], int]:
-    """Compare the indexes busflow expects (from the registry) with those the server lists."""
+) -> tuple[list[str], list[str], int]:
+    """Compare the indexes busflow expects (from the registry) with those the server lists:
+    the lines to print, the healthy indexes, and the number of problems."""
     listed = {str(index["name"]): dict(index) for index in listed_indexes}
     healthy: list[str] = []
     problems: list[str] = []
@@ -386,11 +441,11 @@ def check_indexes(
             healthy.append(expected.name)
     if not problems:
         summary = f"ok: {', '.join(healthy)}" if healthy else "ok (busflow expects none)"
-        return [f"  indexes:        {summary}"], 0
+        return [f"  indexes:        {summary}"], healthy, 0
     lines = [f"  indexes:        {len(problems)} problem(s)", *problems]
     if healthy:
         lines.append(f"    ok: {', '.join(healthy)}")
-    return lines, len(problems)
+    return lines, healthy, len(problems)
 
 
 def format_age(age: timedelta) -> str:
@@ -433,25 +488,77 @@ def show(arguments: argparse.Namespace) -> int:
             )
         readable = entry is not None and registry_entry_problem(entry) is None
         stored_keys: Mapping[str, str] = entry.get("fields", {}) if entry and readable else {}
-        query = build_query(arguments, stored_keys)
+        query = build_query(arguments, stored_keys, datetime.now(UTC))
         collection = database[name]
         matching = collection.count_documents(query)
         cursor = collection.find(query).sort([(UPDATED_AT, -1), (ID, 1)]).limit(arguments.limit)
-        shown = 0
-        for document in cursor:
-            print(json_util.dumps(document, json_options=RELAXED_JSON, indent=2))
-            shown += 1
+        documents = list(cursor)
+    record = arguments.id is not None and len(documents) == 1
+    if arguments.json:
+        shown: Document = {
+            "database": database.name,
+            "collection": name,
+            "matching": matching,
+            "shown": len(documents),
+            "filter": query,
+            "documents": documents,
+        }
+        if record:
+            shown |= {"applied": applied_ids(documents[0]), "outbox": pending(documents[0])}
+        print(json_util.dumps(shown, json_options=RELAXED_JSON))
+        return 0
+    for document in documents:
+        print(json_util.dumps(document, json_options=RELAXED_JSON, indent=2))
+    if record:
+        for line in describe_record(documents[0]):
+            print(line)
     print(
-        f"{shown} of {matching} matching document(s) in {database.name}.{name}, most recently "
-        f"updated first; filter {json_util.dumps(query, json_options=RELAXED_JSON)}"
+        f"{len(documents)} of {matching} matching document(s) in {database.name}.{name}, most "
+        f"recently updated first; filter {json_util.dumps(query, json_options=RELAXED_JSON)}"
         + (" (--where values are strings, compared as they are)" if not matching else ""),
         file=sys.stderr,
     )
     return 0
 
 
-def build_query(arguments: argparse.Namespace, stored_keys: Mapping[str, str]) -> Document:
-    """The filter for ``show``: every value is a plain string, compared with ``$eq``.
+def applied_ids(document: Mapping[str, Any]) -> list[Any]:
+    """The ids of the messages a workflow applied, oldest first (``_applied``)."""
+    applied = document.get(APPLIED)
+    return list(applied) if isinstance(applied, list) else []
+
+
+def pending(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The outgoing messages a workflow saved and that are not cleared yet (``_outbox``)."""
+    outbox = document.get(OUTBOX)
+    if not isinstance(outbox, list):
+        return []
+    return [record for record in outbox if isinstance(record, Mapping)]
+
+
+def describe_record(document: Mapping[str, Any]) -> list[str]:
+    """What ``show --id`` prints after the document: its applied ids and pending messages."""
+    applied = applied_ids(document)
+    lines = [f"applied message ids ({len(applied)}, oldest first):"]
+    lines += [f"  {message_id}" for message_id in applied] or ["  none"]
+    waiting = pending(document)
+    lines.append(f"pending outgoing messages ({len(waiting)}):")
+    for record in waiting:
+        details = [f"saved {_when(record.get('saved_at'))}"]
+        if record.get("deliver_at") is not None:
+            details.append(f"to deliver {_when(record.get('deliver_at'))}")
+        if record.get("origin") is not None:
+            details.append(f"sent while handling {record.get('origin')}")
+        lines.append(f"  {record.get('message_id')}  {record.get('name')}  {', '.join(details)}")
+    if not waiting:
+        lines.append("  none")
+    return lines
+
+
+def build_query(
+    arguments: argparse.Namespace, stored_keys: Mapping[str, str], now: datetime
+) -> Document:
+    """The filter for ``show``: every value is a plain string, compared with ``$eq``, and the
+    age filters compare ``_updated_at`` with a time.
 
     A field may be given by its Python name (``workflow_id``, ``order_id``) or by its stored
     key (``_id``); the registry's ``fields`` maps one to the other.
@@ -463,6 +570,10 @@ def build_query(arguments: argparse.Namespace, stored_keys: Mapping[str, str]) -
         conditions.append({stored_keys.get(field, field): {"$eq": value}})
     if arguments.status is not None:
         conditions.append({STATUS: {"$eq": arguments.status}})
+    if arguments.older_than is not None:
+        conditions.append({UPDATED_AT: {"$lt": now - arguments.older_than}})
+    if arguments.updated_before is not None:
+        conditions.append({UPDATED_AT: {"$lt": arguments.updated_before}})
     if not conditions:
         return {}
     return conditions[0] if len(conditions) == 1 else {"$and": conditions}
@@ -475,6 +586,36 @@ def _field_equals_value(text: str) -> tuple[str, str]:
     if field.startswith("$") or "\x00" in field or any(not part for part in field.split(".")):
         raise argparse.ArgumentTypeError(f"{field!r} is not a field name")
     return field, value
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(d|h|min|m|s)")
+_UNITS = {"d": 86_400, "h": 3_600, "min": 60, "m": 60, "s": 1}
+MAX_AGE = timedelta(days=700_000)
+"""The longest ``--older-than``: about 1,900 years, which still ends after the year 1."""
+
+
+def _duration(text: str) -> timedelta:
+    """``90s``, ``15m``, ``2h``, ``1d12h``: days, hours, minutes (m or min) and seconds."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration such as 90s, 15m, 2h or 1d12h"
+        )
+    seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+    if seconds > MAX_AGE.total_seconds():
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than {MAX_AGE.days}d")
+    return timedelta(seconds=seconds)
+
+
+def _moment(text: str) -> datetime:
+    """An ISO 8601 date and time, such as ``2026-11-26T10:00:00Z``; without a zone, UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date and time such as 2026-11-26T10:00:00Z"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 MAX_LIMIT = 2**31 - 1
@@ -540,6 +681,11 @@ def build_parser() -> CommandParser:
         metavar="SECONDS",
         help="report outgoing messages saved longer ago than this and not dispatched (default: 60)",
     )
+    inspect_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (relaxed Extended JSON) instead of the report",
+    )
     inspect_parser.set_defaults(command=inspect)
 
     show_parser = commands.add_parser(
@@ -565,7 +711,25 @@ def build_parser() -> CommandParser:
         help="only workflows with this status",
     )
     show_parser.add_argument(
+        "--older-than",
+        type=_duration,
+        metavar="DURATION",
+        help="only documents last updated longer ago than this, such as 90s, 15m, 2h or 1d12h",
+    )
+    show_parser.add_argument(
+        "--updated-before",
+        type=_moment,
+        metavar="DATETIME",
+        help="only documents last updated before this ISO 8601 time (UTC unless it says)",
+    )
+    show_parser.add_argument(
         "--limit", type=_limit, default=20, help="documents to print (default: 20)"
+    )
+    show_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (relaxed Extended JSON): the documents, their count and "
+        "the filter; with --id also 'applied' and 'outbox'",
     )
     show_parser.set_defaults(command=show)
 

@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from busflow._uri import hosts_of, mask_password, redact_uri
+from busflow._values import APPLIED as APPLIED_FIELD
 from busflow._values import OUTBOX as OUTBOX_FIELD
 from busflow._values import STATUS as STATUS_FIELD
 from busflow._values import UPDATED_AT as UPDATED_AT_FIELD
@@ -28,6 +29,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "APPLIED_FIELD",
     "OUTBOX_FIELD",
     "REGISTRY_COLLECTION",
     "STATUS_FIELD",

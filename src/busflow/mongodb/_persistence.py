@@ -8,9 +8,9 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
 
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import (
     CollectionInvalid,
     ConnectionFailure,
@@ -28,8 +28,9 @@ from busflow._errors import (
     WorkflowConcurrencyError,
     WorkflowUniquenessError,
 )
+from busflow._logs import with_fields
 from busflow._messages import Message, MessageAttributes
-from busflow._persistence import CoreDependencies, resolve_lookup
+from busflow._persistence import CoreDependencies, WorkflowReads, resolve_lookup
 from busflow._timeouts import ClaimedMessage, ScheduledMessage
 from busflow._uri import hosts_of, mask_password, redact_uri
 from busflow._values import OUTBOX
@@ -60,6 +61,13 @@ __all__ = [
 ]
 
 S = TypeVar("S", bound=WorkflowState)
+
+if TYPE_CHECKING:
+    from motor.motor_asyncio import AsyncIOMotorClient
+
+AsyncClient: TypeAlias = "AsyncMongoClient[Any] | AsyncIOMotorClient[Any]"
+"""The clients ``MongoPersistence`` takes: PyMongo's, Motor's, or mongomock-motor's (a Motor
+client)."""
 
 LOOKUP_INDEX_PREFIX = "busflow_lookup_"
 UNIQUE_INDEX_PREFIX = "busflow_unique_running_"
@@ -201,11 +209,17 @@ def _prefix_problem(prefix: str) -> str | None:
     return None
 
 
+def _synchronous(client: object) -> bool:
+    """Whether ``client`` is a synchronous client (PyMongo's or mongomock's ``MongoClient``),
+    whose calls return results where busflow awaits them."""
+    return isinstance(client, MongoClient) or type(client).__module__.startswith("mongomock.")
+
+
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-class MongoPersistence:
+class MongoPersistence(WorkflowReads):
     """Keeps workflow state in MongoDB: one collection per state type, versioned documents.
 
     Give it a connection string, ``MongoPersistence("mongodb://host/", database="workflows")``,
@@ -221,7 +235,7 @@ class MongoPersistence:
         self,
         uri: str | None = None,
         *,
-        client: Any = None,
+        client: AsyncClient | None = None,
         database: str = "workflows",
         collection_prefix: str = "",
         connect_timeout: float = 10.0,
@@ -230,16 +244,22 @@ class MongoPersistence:
             raise ConfigurationError(
                 "MongoPersistence needs a connection string or a client, not both"
             )
+        if _synchronous(client):
+            raise ConfigurationError(
+                f"MongoPersistence needs an async client, and {type(client).__module__}."
+                f"{type(client).__qualname__} is synchronous: pass pymongo.AsyncMongoClient "
+                "(or a Motor or mongomock-motor client), or a connection string"
+            )
         for problem in (_database_name_problem(database), _prefix_problem(collection_prefix)):
             if problem is not None:
                 raise ConfigurationError(f"MongoPersistence: {problem}")
         self._uri = uri
-        self._client = client
+        self._client: Any = client
         self._owns_client = client is None
         self._database_name = database
         self._prefix = collection_prefix
         self._connect_timeout = connect_timeout
-        self._logger = logging.getLogger("busflow.mongodb")
+        self._logger = with_fields(logging.getLogger("busflow.mongodb"))
         self._options: dict[type[WorkflowState], WorkflowOptions] = {}
         self._layouts: dict[type[WorkflowState], StateLayout] = {}
         self._state_type_by_collection: dict[str, type[WorkflowState]] = {}

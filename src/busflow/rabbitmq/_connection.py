@@ -20,12 +20,13 @@ from aiormq.connection import TCPTransportFactory, TLSTransportFactory
 from yarl import URL
 
 from busflow._errors import ConfigurationError
+from busflow._logs import with_fields
 from busflow._uri import hosts_of, mask_password, redact_uri
 from busflow.rabbitmq._errors import RabbitMQConnectionError, RabbitMQError
 
 __all__ = ["NoDelaySockets", "connect", "reason_of", "server_version"]
 
-_logger = logging.getLogger("busflow.rabbitmq")
+_logger = with_fields(logging.getLogger("busflow.rabbitmq"))
 
 
 class NoDelaySockets(aiormq.TransportFactory):

@@ -15,12 +15,13 @@ from collections.abc import Iterator
 import aiormq
 from aio_pika.abc import AbstractExchange, AbstractMessage, AbstractRobustChannel
 
+from busflow._logs import with_fields
 from busflow.rabbitmq._connection import reason_of
 from busflow.rabbitmq._errors import RabbitMQError, RabbitMQTopologyError, UnroutableMessageError
 
 __all__ = ["broker_errors", "declaring", "publish"]
 
-_logger = logging.getLogger("busflow.rabbitmq")
+_logger = with_fields(logging.getLogger("busflow.rabbitmq"))
 
 CONNECTION_LOST = (
     aiormq.exceptions.ChannelInvalidStateError,

@@ -19,6 +19,7 @@ from aio_pika.abc import (
 )
 
 from busflow._errors import BusError, ConfigurationError
+from busflow._logs import with_fields
 from busflow._transport import DeadLetter, Delivery, Subscription, TransportMessage
 from busflow._uri import hosts_of, redact_uri
 from busflow.rabbitmq._codec import decode, encode, encode_dead_letter
@@ -76,7 +77,7 @@ class RabbitMQTransport:
         self._queue_type = queue_type
         self._connect_timeout = connect_timeout
         self._publish_timeout = publish_timeout
-        self._logger = logging.getLogger("busflow.rabbitmq")
+        self._logger = with_fields(logging.getLogger("busflow.rabbitmq"))
         self._connection: AbstractRobustConnection | None = None
         self._sockets: NoDelaySockets | None = None
         self._publisher: AbstractRobustChannel | None = None

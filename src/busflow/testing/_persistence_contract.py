@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from ipaddress import IPv4Address, IPv6Network
 from pathlib import PurePosixPath
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -30,6 +30,7 @@ from busflow import (
     MessageWorkflowMapping,
     OutboxMessage,
     Persistence,
+    RetryPolicy,
     ScheduledMessage,
     TimeoutStore,
     TransportMessage,
@@ -285,6 +286,96 @@ class AlarmWorkflow(Workflow[ContractAlarm]):
         return self.complete_workflow()
 
 
+class QuoteAsked(Message):
+    message_name = "busflow-contract.QuoteAsked"
+    key: str
+
+
+class PriceRequested(Message):
+    message_name = "busflow-contract.PriceRequested"
+    key: str
+
+
+class LookUpPrice(Message):
+    message_name = "busflow-contract.LookUpPrice"
+    key: str
+
+
+class PriceFound(Message):
+    message_name = "busflow-contract.PriceFound"
+    price: int
+
+
+class PriceQuoted(Message):
+    message_name = "busflow-contract.PriceQuoted"
+    price: int
+
+
+class QuoteTaken(Message):
+    message_name = "busflow-contract.QuoteTaken"
+
+
+class ContractQuote(WorkflowState):
+    workflow_name = "busflow-contract/quote"
+
+    key: str = ""
+    price: int | None = None
+
+
+class ContractPricing(WorkflowState):
+    workflow_name = "busflow-contract/pricing"
+
+    key: str = ""
+    taken: bool = False
+
+
+class QuoteWorkflow(Workflow[ContractQuote]):
+    """Asks another workflow for a price; its reply and thanks come back by workflow id."""
+
+    def configure_workflow(self, mapper: WorkflowMapper[ContractQuote]) -> None:
+        mapper.with_state(ContractQuote).started_by(QuoteAsked, self.asked).when(
+            PriceQuoted, self.quoted
+        )
+
+    async def asked(self, message: QuoteAsked, state: ContractQuote, _a: MessageAttributes) -> Any:
+        await self.bus.send(PriceRequested(key=message.key))
+        return {"key": message.key}
+
+    async def quoted(
+        self, message: PriceQuoted, state: ContractQuote, attributes: MessageAttributes
+    ) -> Any:
+        await self.reply(attributes, QuoteTaken())
+        return self.complete_workflow(price=message.price)
+
+
+class PricingWorkflow(Workflow[ContractPricing]):
+    """Started by another workflow's message; replies to it from a later handler."""
+
+    def configure_workflow(self, mapper: WorkflowMapper[ContractPricing]) -> None:
+        (
+            mapper.with_state(ContractPricing)
+            .started_by(PriceRequested, self.requested)
+            .when(PriceFound, self.found)
+            .when(QuoteTaken, self.taken)
+        )
+
+    async def requested(
+        self, message: PriceRequested, state: ContractPricing, _a: MessageAttributes
+    ) -> Any:
+        await self.bus.send(LookUpPrice(key=message.key))
+        return {"key": message.key}
+
+    async def found(
+        self, message: PriceFound, state: ContractPricing, _a: MessageAttributes
+    ) -> Any:
+        await self.reply_to_originator(state, PriceQuoted(price=message.price))
+
+    async def taken(
+        self, message: QuoteTaken, state: ContractPricing, _a: MessageAttributes
+    ) -> Any:
+        return self.complete_workflow(taken=True)
+
+
 class _Lent:
     """The contract's persistence, lent to a bus: the bus neither opens nor closes it."""
 
@@ -341,6 +432,22 @@ class _LentTimeoutStore(_Lent):
 
     async def remove_claimed_message(self, claimed: ClaimedMessage) -> None:
         await self._timeouts.remove_claimed_message(claimed)
+
+
+@runtime_checkable
+class WorkflowReader(Protocol):
+    """A persistence's read API (``find_workflow`` and ``find_workflows``), which it may offer."""
+
+    async def find_workflow(self, state_type: type[S], workflow_id: str) -> S | None: ...
+
+    async def find_workflows(
+        self,
+        state_type: type[S],
+        field_name: str,
+        value: object,
+        *,
+        include_completed: bool = True,
+    ) -> list[S]: ...
 
 
 def lent(persistence: Persistence) -> _Lent:
@@ -707,6 +814,130 @@ class PersistenceContract:
         assert completed.workflow_version == 2
         both = await self.find(store, BY_CUSTOMER, "c-1", include_completed=True)
         assert sorted(s.order_id for s in both) == ["o-1", "o-2"]
+
+    # reading workflows: by id or a field's value, with no message and no mapping
+
+    @staticmethod
+    def reader(store: Persistence) -> WorkflowReader:
+        if not isinstance(store, WorkflowReader):
+            pytest.skip(
+                f"{type(store).__name__} has no find_workflow (it is optional: "
+                "bus.find_workflow reads any persistence)"
+            )
+        return store
+
+    @staticmethod
+    async def complete(store: Persistence, order: ContractOrder) -> None:
+        """Save ``order`` (new) and then save it completed."""
+        await store.save_workflow_state(order)
+        await store.save_workflow_state(
+            order.model_copy(
+                update={"workflow_version": 1, "workflow_status": WorkflowStatus.COMPLETE}
+            )
+        )
+
+    async def test_a_workflow_is_read_by_its_id_completed_or_not(self, store: Persistence) -> None:
+        running = new_order(order_id="o-1", customer="c-1", items=["apple"])
+        done = new_order(order_id="o-2")
+        await store.save_workflow_state(running)
+        await self.complete(store, done)
+        reader = self.reader(store)
+
+        found = await reader.find_workflow(ContractOrder, running.workflow_id)
+        completed = await reader.find_workflow(ContractOrder, done.workflow_id)
+
+        assert found is not None
+        assert (found.order_id, found.customer, found.items) == ("o-1", "c-1", ["apple"])
+        assert found.workflow_version == 1
+        assert completed is not None
+        assert completed.workflow_status is WorkflowStatus.COMPLETE
+        assert await reader.find_workflow(ContractOrder, "no-such-workflow") is None
+        assert await reader.find_workflow(ContractValues, running.workflow_id) is None
+
+    async def test_workflows_are_read_by_a_fields_value_with_or_without_completed(
+        self, store: Persistence
+    ) -> None:
+        await store.save_workflow_state(new_order(order_id="o-1", customer="c-1"))
+        await self.complete(store, new_order(order_id="o-2", customer="c-1"))
+        await store.save_workflow_state(new_order(order_id="o-3", customer="c-other"))
+        reader = self.reader(store)
+
+        every = await reader.find_workflows(ContractOrder, "customer", "c-1")
+        running = await reader.find_workflows(
+            ContractOrder, "customer", "c-1", include_completed=False
+        )
+
+        assert sorted(order.order_id for order in every) == ["o-1", "o-2"]
+        assert [order.order_id for order in running] == ["o-1"]
+        assert await reader.find_workflows(ContractOrder, "customer", "c-nobody") == []
+        assert await reader.find_workflows(ContractOrder, "customer", None) == []
+
+    async def test_workflows_are_read_by_a_field_no_mapping_names(self, store: Persistence) -> None:
+        await store.save_workflow_state(ContractValues(workflow_id="v-1", key="k", text="hello"))
+
+        [found] = await self.reader(store).find_workflows(ContractValues, "text", "hello")
+
+        assert found.workflow_id == "v-1"
+
+    @pytest.mark.parametrize("field", ["colour", "customerRef", "workflow_status"])
+    async def test_reading_by_a_field_the_state_cannot_be_looked_up_by_names_the_fields(
+        self, store: Persistence, field: str
+    ) -> None:
+        with pytest.raises(ConfigurationError, match=field) as raised:
+            await self.reader(store).find_workflows(ContractOrder, field, "x")
+
+        assert "order_id" in str(raised.value)
+
+    @pytest.mark.parametrize("value", [{"$ne": None}, ["o-1"], {"$gt": ""}])
+    async def test_reading_by_a_structured_value_is_refused(
+        self, store: Persistence, value: object
+    ) -> None:
+        await store.save_workflow_state(new_order(order_id="o-1"))
+
+        with pytest.raises(InvalidLookupValueError, match="order_id"):
+            await self.reader(store).find_workflows(ContractOrder, "order_id", value)
+
+    async def test_the_bus_reads_workflows_from_its_persistence(self, store: Persistence) -> None:
+        order = new_order(order_id="o-1", customer="c-1")
+        await store.save_workflow_state(order)
+        bus = Bus.configure().with_persistence(lent(store)).build()
+
+        found = await bus.find_workflow(ContractOrder, order.workflow_id)
+        by_customer = await bus.find_workflows(ContractOrder, "customer", "c-1")
+
+        assert found is not None
+        assert found.order_id == "o-1"
+        assert [each.workflow_id for each in by_customer] == [order.workflow_id]
+
+    # replies between workflows
+
+    async def test_a_workflow_replies_to_its_originator_and_to_a_sender(
+        self, store: Persistence
+    ) -> None:
+        async def price_of(message: LookUpPrice, attributes: MessageAttributes) -> None:
+            # A plain handler: its reply finds the pricing workflow by the sticky workflow id.
+            await bus.send(PriceFound(price=len(message.key)))
+
+        bus = (
+            Bus.configure()
+            .with_persistence(lent(store))
+            .with_workflow(QuoteWorkflow())
+            .with_workflow(PricingWorkflow())
+            .with_handler(LookUpPrice, price_of)
+            .with_retry_policy(RetryPolicy(max_attempts=1))
+            .build()
+        )
+        async with bus:
+            await bus.send(QuoteAsked(key="seven"))
+            await bus.wait_until_idle(timeout=10)
+
+        [quote] = await bus.find_workflows(ContractQuote, "key", "seven")
+        [pricing] = await bus.find_workflows(ContractPricing, "key", "seven")
+        assert (quote.workflow_status, quote.price) == (WorkflowStatus.COMPLETE, 5)
+        assert (pricing.workflow_status, pricing.taken) == (WorkflowStatus.COMPLETE, True)
+        assert pricing.workflow_originator is not None
+        assert pricing.workflow_originator.workflow_id == quote.workflow_id
+        assert bus.metrics.dead_letters == bus.metrics.unmatched == 0
 
     # versions and conflicts
 

@@ -1,0 +1,137 @@
+"""The fields that every busflow log record carries, taken from what is being handled.
+
+Each record that a busflow logger makes gets the attributes ``workflow_name``,
+``workflow_id``, ``message_name``, ``message_id`` and ``correlation_id`` (``None`` where they
+are unknown), so a formatter or a JSON handler can use them: ``%(workflow_id)s``. The bus sets
+them while it handles a message and runs a workflow's handler; a field given in ``extra=``
+wins.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
+
+from pydantic import ValidationError
+
+from busflow._errors import BusflowError
+
+__all__ = [
+    "LOG_FIELDS",
+    "LogFields",
+    "error_for_log",
+    "logged_with",
+    "timed",
+    "with_fields",
+    "with_log_fields",
+]
+
+
+@dataclass(frozen=True)
+class LogFields:
+    """What a log record says it is about."""
+
+    workflow_name: str | None = None
+    workflow_id: str | None = None
+    message_name: str | None = None
+    message_id: str | None = None
+    correlation_id: str | None = None
+
+
+LOG_FIELDS = tuple(field.name for field in fields(LogFields))
+"""The names of the attributes every busflow log record carries."""
+
+_current: contextvars.ContextVar[LogFields] = contextvars.ContextVar(
+    "busflow_log_fields",
+    default=LogFields(),  # noqa: B039 - frozen, so never changed in place
+)
+
+
+@contextmanager
+def logged_with(**changes: str | None) -> Iterator[None]:
+    """Within this block, busflow's log records carry these fields (and the others as they
+    were)."""
+    token = _current.set(replace(_current.get(), **changes))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+class _AddFields(logging.Filter):
+    """Gives each record the current fields, unless the call gave them in ``extra``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = _current.get()
+        for name in LOG_FIELDS:
+            if name not in record.__dict__:
+                setattr(record, name, getattr(current, name))
+        return True
+
+
+_ADD_FIELDS = _AddFields()
+
+
+def with_fields(logger: logging.Logger) -> logging.Logger:
+    """``logger``, which from now on gives its records the current fields."""
+    if _ADD_FIELDS not in logger.filters:
+        logger.addFilter(_ADD_FIELDS)
+    return logger
+
+
+def with_log_fields(
+    factory: Callable[[str], logging.Logger],
+) -> Callable[[str], logging.Logger]:
+    """A logger factory whose loggers give their records the current fields."""
+
+    def make(name: str) -> logging.Logger:
+        return with_fields(factory(name))
+
+    return make
+
+
+@contextmanager
+def timed(logger: logging.Logger, handler: str, message_name: str) -> Iterator[None]:
+    """Log a handler's start and its finish, with its duration (``duration_ms``), at DEBUG."""
+    logger.debug("%s started on %s", handler, message_name)
+    started = time.perf_counter()
+    outcome = "failed"
+    try:
+        yield
+        outcome = "finished"
+    finally:
+        duration_ms = (time.perf_counter() - started) * 1000
+        logger.debug(
+            "%s %s on %s in %.3f ms",
+            handler,
+            outcome,
+            message_name,
+            duration_ms,
+            extra={"duration_ms": duration_ms},
+        )
+
+
+def error_for_log(error: BaseException, *, values: bool) -> str:
+    """``error`` as a log line at INFO or above may show it: no value of a state or message.
+
+    With ``values`` (``with_values_in_logs()``) it is the type and the text. Otherwise a
+    pydantic validation error gives where and what went wrong, without the input; a busflow
+    error whose text holds no values (``text_holds_values``) gives its text; any other error
+    gives only its type (a dead letter keeps the whole text).
+    """
+    kind = f"{type(error).__module__}.{type(error).__qualname__}"
+    if values:
+        return f"{kind}: {error}"
+    if isinstance(error, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(map(str, problem['loc'])) or '(value)'}: {problem['msg']}"
+            for problem in error.errors(include_input=False, include_url=False)
+        )
+        return f"{kind}: {error.error_count()} validation error(s) for {error.title}: {problems}"
+    if isinstance(error, BusflowError) and not error.text_holds_values:
+        return f"{kind}: {error}"
+    return f"{kind} (its text is not logged: it may hold values; see with_values_in_logs)"
