@@ -3,9 +3,11 @@
 A message walks through the parts in this order: the transport delivers it to a worker here;
 ``dispatch`` decodes it (``routing``) and runs each subscriber's unit in its turn
 (``ordering``); the ``runner`` looks up and saves workflow state through the persistence; the
-handler's outgoing messages wait in its ``context`` until the save, then leave through the
-transport; ``dispatch`` settles the delivery: acknowledged, retried (``retries``) or
-dead-lettered. ``metrics`` counts along the way and ``tracking`` knows when all is done.
+handler's outgoing messages (``context``) are saved with the state and leave through the
+transport after the save (``outbox``), delayed ones through the ``TimeoutStore``
+(``timeouts``); ``dispatch`` settles the delivery: acknowledged, retried (``retries``) or
+dead-lettered. ``metrics`` and ``telemetry`` count along the way and ``tracking`` knows when
+all is done.
 """
 
 from __future__ import annotations
