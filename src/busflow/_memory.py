@@ -7,20 +7,21 @@ import logging
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-from busflow._errors import WorkflowConcurrencyError
+from busflow._errors import ConfigurationError, WorkflowConcurrencyError, WorkflowUniquenessError
 from busflow._logs import with_fields
 from busflow._messages import Message, MessageAttributes
 from busflow._persistence import CoreDependencies, WorkflowReads, resolve_lookup
 from busflow._timeouts import ClaimedMessage, ScheduledMessage
-from busflow._values import lookup_key, store_state
+from busflow._values import lookup_key, store_state, stored_keys
 from busflow._workflow import (
     MessageWorkflowMapping,
     StateTypesByName,
     WorkflowState,
     WorkflowStatus,
     check_mapping_fields,
+    check_state_type,
 )
 
 __all__ = ["InMemoryPersistence"]
@@ -65,6 +66,20 @@ class _Table:
                 if lookup_key(getattr(state, field_name)) == key
             ]
         return [self.states[workflow_id] for workflow_id in entries.get(key, ())]
+
+    def running_holder(self, field_name: str, state: WorkflowState) -> str | None:
+        """Another running workflow whose ``field_name`` equals ``state``'s, if there is one."""
+        self.index(field_name)
+        holders = self.indexes[field_name].get(lookup_key(getattr(state, field_name)), ())
+        return next(
+            (
+                workflow_id
+                for workflow_id in holders
+                if workflow_id != state.workflow_id
+                and self.states[workflow_id].workflow_status is WorkflowStatus.RUNNING
+            ),
+            None,
+        )
 
     def store(self, state: WorkflowState) -> None:
         old = self.states.get(state.workflow_id)
@@ -143,6 +158,27 @@ class InMemoryPersistence(WorkflowReads):
         self._tables: dict[type[WorkflowState], _Table] = {}
         self._state_types = StateTypesByName()
         self._scheduled = _ScheduledMessages()
+        self._unique_running: dict[type[WorkflowState], tuple[str, ...]] = {}
+
+    def with_workflow_options(
+        self, state_type: type[WorkflowState], *, unique_running: Sequence[str] = ()
+    ) -> Self:
+        """Allow at most one running workflow per value of each ``unique_running`` field, as
+        ``MongoPersistence.with_workflow_options`` does: a save that breaks it raises
+        ``WorkflowUniquenessError``."""
+        check_state_type(state_type, owner="InMemoryPersistence.with_workflow_options")
+        for field_name in unique_running:
+            if field_name not in state_type.model_fields:
+                raise ConfigurationError(
+                    f"{state_type.workflow_name}: unique_running names {field_name!r}, which is "
+                    f"not a field of {state_type.__name__}"
+                )
+        self._unique_running[state_type] = tuple(unique_running)
+        return self
+
+    def unique_running_fields(self, state_type: type[WorkflowState]) -> tuple[str, ...]:
+        """The fields set with ``with_workflow_options(unique_running=...)``."""
+        return self._unique_running.get(state_type, ())
 
     def prepare(self, core_dependencies: CoreDependencies) -> None:
         self._logger = core_dependencies.logger_factory("busflow.memory")
@@ -210,6 +246,21 @@ class InMemoryPersistence(WorkflowReads):
                 workflow_id=state.workflow_id,
                 expected_version=expected,
             )
+        if stored_copy.workflow_status is WorkflowStatus.RUNNING:
+            for field_name in self._unique_running.get(type(state), ()):
+                if table.running_holder(field_name, stored_copy) is not None:
+                    value = getattr(stored_copy, field_name)
+                    key = stored_keys(type(state))[field_name]
+                    raise WorkflowUniquenessError(
+                        f"{name}: another running workflow already has {key}={value!r}, so "
+                        f"workflow {state.workflow_id} was not saved (unique_running); the "
+                        "message that started it may have been delivered twice",
+                        collection=name,
+                        workflow_id=state.workflow_id,
+                        field=key,
+                        value=value,
+                        expected_version=expected,
+                    )
         table.store(stored_copy)
         if self._logger.isEnabledFor(logging.DEBUG):
             self._logger.debug(

@@ -18,7 +18,14 @@ from busflow._messages import Message, MessageAttributes
 from busflow._values import StoredScalar, stored_scalar
 from busflow._workflow import MessageWorkflowMapping, WorkflowState, lookup_field_problem
 
-__all__ = ["CoreDependencies", "Persistence", "WorkflowReads", "find_workflow", "find_workflows"]
+__all__ = [
+    "CoreDependencies",
+    "Persistence",
+    "WorkflowReads",
+    "find_workflow",
+    "find_workflows",
+    "unique_running_fields",
+]
 
 S = TypeVar("S", bound=WorkflowState)
 
@@ -36,9 +43,11 @@ class Persistence(Protocol):
     """A store of workflow state.
 
     Beside these four members a persistence may define ``async initialize()`` (open
-    connections), ``async dispose()`` (close them), and ``async clear_outbox(state_type,
+    connections), ``async dispose()`` (close them), ``async clear_outbox(state_type,
     workflow_id, message_ids)`` (remove those messages from the stored ``workflow_outbox``,
-    whatever the stored version, without changing it); the bus calls them when present.
+    whatever the stored version, without changing it), and ``unique_running_fields(state_type)``
+    (the fields of which it lets at most one running workflow hold each value); the bus calls
+    them when present.
     Without ``prepare`` a persistence must still work, logging under its own logger name.
 
     A persistence stores every field of a state, the framework's ``workflow_applied``,
@@ -69,12 +78,24 @@ class Persistence(Protocol):
         Only running states unless ``include_completed``; ``[]`` when the lookup is ``None``.
         """
 
-    async def save_workflow_state(self, state: WorkflowState) -> None:
+    async def save_workflow_state(self, state: WorkflowState) -> WorkflowState | None:
         """Create (version 0) or update (version n) a state, never mutating ``state``.
 
         Raises ``WorkflowConcurrencyError`` when the stored version is not ``n``, or when a
-        version-0 state's id already exists.
+        version-0 state's id already exists. May return the state as it will read back, at
+        version ``n + 1``, as a new object that it keeps no reference to: the bus then keeps
+        it for the workflow's next message and skips a read (see ``Bus``'s state cache). A
+        persistence that returns ``None``, as node-ts/bus's do, is read each time.
         """
+
+
+def unique_running_fields(
+    persistence: Persistence, state_type: type[WorkflowState]
+) -> tuple[str, ...]:
+    """The fields of ``state_type`` whose every value at most one running workflow holds, as
+    ``persistence`` enforces them (``with_workflow_options(unique_running=...)``)."""
+    fields = getattr(persistence, "unique_running_fields", None)
+    return () if fields is None else tuple(fields(state_type))
 
 
 LookupValue = StoredScalar

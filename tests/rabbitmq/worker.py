@@ -63,14 +63,14 @@ class FaultyPersistence(MongoPersistence):
         self.left_running: set[str] = set()
         """The ids of the ItemAdded messages whose save left their order running."""
 
-    async def save_workflow_state(self, state: WorkflowState) -> None:
-        await super().save_workflow_state(state)
-        if not isinstance(state, OrderState) or not state.applied:
-            return
-        if state.workflow_status is WorkflowStatus.COMPLETE:
-            self.fault.reached("save-then-dispatch")
-        else:
-            self.left_running.add(state.applied[-1])
+    async def save_workflow_state(self, state: WorkflowState) -> WorkflowState:
+        stored = await super().save_workflow_state(state)
+        if isinstance(state, OrderState) and state.applied:
+            if state.workflow_status is WorkflowStatus.COMPLETE:
+                self.fault.reached("save-then-dispatch")
+            else:
+                self.left_running.add(state.applied[-1])
+        return stored
 
 
 class FaultyTransport(RabbitMQTransport):

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from busflow._bus.cache import StateCache
 from busflow._bus.context import ContextualSender, MessageIds, Outgoing, current_context
 from busflow._bus.dispatch import Dispatcher
 from busflow._bus.metrics import BusMetrics
@@ -39,7 +40,13 @@ from busflow._logs import with_log_fields
 from busflow._memory import InMemoryPersistence
 from busflow._memory_transport import MemoryTransport
 from busflow._messages import Message, MessageAttributes
-from busflow._persistence import CoreDependencies, Persistence, find_workflow, find_workflows
+from busflow._persistence import (
+    CoreDependencies,
+    Persistence,
+    find_workflow,
+    find_workflows,
+    unique_running_fields,
+)
 from busflow._timeouts import ScheduledMessage, TimeoutStore
 from busflow._transport import DeadLetter, Subscription, Transport, TransportMessage
 from busflow._workflow import Workflow, WorkflowState
@@ -179,6 +186,11 @@ class Bus:
             applied_limit=settings.applied_limit,
             values_in_logs=settings.values_in_logs,
             telemetry=self._telemetry,
+            cache=StateCache(
+                settings.state_cache_size,
+                functools.partial(unique_running_fields, persistence),
+            ),
+            coalescing=settings.coalescing,
         )
         self._dispatcher = Dispatcher(
             routes=routes,
@@ -519,6 +531,8 @@ class BusConfiguration:
         self._timeout_polling = TimeoutPolling()
         self._values_in_logs = False
         self._telemetry: TelemetryFactory | None = None
+        self._state_cache_size = 1_000
+        self._coalescing = True
 
     def with_persistence(self, persistence: Persistence) -> Self:
         if not isinstance(persistence, Persistence):
@@ -612,6 +626,36 @@ class BusConfiguration:
         self._timeout_polling = TimeoutPolling(interval, max_interval, lease, batch)
         return self
 
+    def with_state_cache(self, size: int) -> Self:
+        """How many workflows' last saved states to keep for their next message (default
+        1,000; 0 keeps none).
+
+        A message for a workflow whose state is kept skips the read: its lookup must name
+        one workflow, by ``workflow_id`` or by a field the persistence keeps unique among
+        running workflows (``with_workflow_options(unique_running=...)``). The save that
+        follows still checks the version, so a state another process moved on since is read
+        again and the handler runs again on it. Only a persistence whose save returns the
+        stored state fills it (``MongoPersistence`` does; ``InMemoryPersistence`` needs no
+        cache).
+        """
+        if size < 0:
+            raise ConfigurationError(f"the state cache size must not be negative, not {size}")
+        self._state_cache_size = size
+        return self
+
+    def with_coalescing(self, enabled: bool) -> Self:
+        """Whether messages already waiting for one workflow run in one batch (default on).
+
+        On, the worker holding a workflow's turn runs the messages queued behind it, while
+        each is sure to reach that workflow (found by ``workflow_id`` or a
+        ``unique_running`` field), on the state in memory, and saves once: one write for
+        the batch, with every message recorded as applied and everything they sent in its
+        outbox. It never waits for messages to arrive. Any failure undoes the batch and each
+        message runs on its own. Needs per-workflow order.
+        """
+        self._coalescing = enabled
+        return self
+
     def with_values_in_logs(self, enabled: bool = True) -> Self:
         """Let log lines at INFO and above show values of states and messages (default off).
 
@@ -664,6 +708,8 @@ class BusConfiguration:
                 timeout_polling=self._timeout_polling,
                 values_in_logs=self._values_in_logs,
                 telemetry=self._telemetry,
+                state_cache_size=self._state_cache_size,
+                coalescing=self._coalescing,
             )
         )
 

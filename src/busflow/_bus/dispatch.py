@@ -13,7 +13,7 @@ from busflow._bus.ordering import Job, Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox
 from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import PlainSubscriber, Routes, Subscriber
-from busflow._bus.runner import WorkflowRunner
+from busflow._bus.runner import WaitingRun, WorkflowRunner
 from busflow._bus.telemetry import Telemetry
 from busflow._errors import MessageDecodeError
 from busflow._logs import error_for_log, timed
@@ -91,7 +91,7 @@ class Dispatcher:
             elif self._turns is not None and self._turns.claim(key):
                 plan.append((key, job))
             elif self._turns is not None:
-                self._turns.wait_behind(key, job)
+                self._turns.wait_behind(key, job, self._waiting_run(subscriber, handling))
         for key, job in plan:
             if key is None or self._turns is None:
                 await job()
@@ -108,6 +108,13 @@ class Dispatcher:
         return self._keys.of_lookup(
             subscriber.state_type, mapping, handling.message, handling.attributes
         )
+
+    @staticmethod
+    def _waiting_run(subscriber: Subscriber, handling: Handling) -> WaitingRun | None:
+        """What a unit waiting for its turn is about, for the runner that may batch it."""
+        if isinstance(subscriber, PlainSubscriber) or subscriber.route.starts_workflow:
+            return None
+        return WaitingRun(subscriber, handling, completion=subscriber.name)
 
     def _unit(self, subscriber: Subscriber, handling: Handling, key: Hashable | None) -> Job:
         async def work() -> None:

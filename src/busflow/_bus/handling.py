@@ -55,6 +55,8 @@ class Handling:
     """What finished: subscribers, and workflow instances of a subscriber; see
     ``TransportMessage.completed_by``."""
     failures: list[Failure] = field(default_factory=list)
+    alone: bool = False
+    """Set when a batch that this message was part of failed: it then runs on its own."""
 
     def already_done(self, completion: str) -> bool:
         return completion in self.delivery.message.completed_by

@@ -32,3 +32,7 @@ class BusMetrics:
     """Delayed messages (timeouts) that arrived once their workflow was no longer running."""
     duplicates: int = 0
     """Deliveries of a message that its workflow had applied already: not applied again."""
+    coalesced: int = 0
+    """Messages run in another message's batch, on its state in memory, and saved with it."""
+    state_cache_hits: int = 0
+    """States taken from the state cache instead of read from the persistence."""

@@ -15,22 +15,29 @@ busy.
 from __future__ import annotations
 
 import collections
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, NamedTuple
 
 from busflow._messages import Message, MessageAttributes
 from busflow._workflow import MessageWorkflowMapping, WorkflowState, WorkflowStatus
 
-__all__ = ["Job", "Turns", "WorkflowKeys"]
+__all__ = ["Job", "Queued", "Turns", "WorkflowKeys"]
 
 Job = Callable[[], Awaitable[None]]
+
+
+class Queued(NamedTuple):
+    """A job waiting for its key's turn, and what it is about (for ``take_next``)."""
+
+    job: Job
+    subject: object = None
 
 
 class Turns:
     """One job at a time per key, in the order the jobs arrived."""
 
     def __init__(self) -> None:
-        self._waiting: dict[Hashable, collections.deque[Job]] = {}
+        self._waiting: dict[Hashable, collections.deque[Queued]] = {}
         self.stopping = False
         """Set by ``dispose``: a holder finishes its current job and leaves the rest."""
 
@@ -41,9 +48,23 @@ class Turns:
         self._waiting[key] = collections.deque()
         return True
 
-    def wait_behind(self, key: Hashable, job: Job) -> None:
+    def wait_behind(self, key: Hashable, job: Job, subject: object = None) -> None:
         """Queue ``job`` behind the key's holder, who will run it."""
-        self._waiting[key].append(job)
+        self._waiting[key].append(Queued(job, subject))
+
+    def take_next(self, key: Hashable, accept: Callable[[object], bool]) -> Queued | None:
+        """For the key's holder: take the next waiting job, if ``accept`` takes its subject.
+
+        The holder then owns that job's outcome, or hands it back with ``put_back``.
+        """
+        waiting = self._waiting.get(key)
+        if not waiting or self.stopping or not accept(waiting[0].subject):
+            return None
+        return waiting.popleft()
+
+    def put_back(self, key: Hashable, taken: Sequence[Queued]) -> None:
+        """Return jobs taken with ``take_next`` to the front of the key's queue, in order."""
+        self._waiting[key].extendleft(reversed(taken))
 
     async def run(self, key: Hashable, job: Job) -> None:
         """Run ``job`` under the key the caller claimed, then the jobs queued behind it.
@@ -56,7 +77,7 @@ class Turns:
         finally:
             try:
                 while waiting and not self.stopping:
-                    await waiting.popleft()()
+                    await waiting.popleft().job()
             finally:
                 del self._waiting[key]
 

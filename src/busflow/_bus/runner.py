@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from busflow._bus.cache import StateCache
 from busflow._bus.context import HandlingContext, Outgoing, run_in_context
-from busflow._bus.handling import Handling, being_cancelled
+from busflow._bus.handling import Handling, about_message, being_cancelled
 from busflow._bus.metrics import BusMetrics
-from busflow._bus.ordering import Turns, WorkflowKeys
+from busflow._bus.ordering import Queued, Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox, to_record
 from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import WorkflowSubscriber
@@ -22,7 +25,8 @@ from busflow._bus.telemetry import Telemetry
 from busflow._bus.timeouts import DUE_AT_ATTRIBUTE
 from busflow._errors import HandlerResultError, WorkflowConcurrencyError, WorkflowUniquenessError
 from busflow._logs import error_for_log, logged_with, timed
-from busflow._persistence import Persistence, find_workflow
+from busflow._persistence import Persistence, find_workflow, resolve_lookup
+from busflow._values import lookup_key
 from busflow._workflow import (
     MessageWorkflowMapping,
     WorkflowAddress,
@@ -33,9 +37,41 @@ from busflow._workflow import (
     sender_of,
 )
 
-__all__ = ["WorkflowRunner", "apply_handler_result"]
+__all__ = ["WaitingRun", "WorkflowRunner", "apply_handler_result"]
 
 S = TypeVar("S", bound=WorkflowState)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingRun:
+    """A workflow handler's run waiting behind its instance's turn.
+
+    The runner holding that turn may run it in its own batch (see ``WorkflowRunner``), and
+    then settles it as its unit would have.
+    """
+
+    subscriber: WorkflowSubscriber[Any]
+    handling: Handling
+    completion: str
+    """What the waiting unit records when it succeeds."""
+    workflow_id: str | None = None
+    """The instance it will run on, where that is known before its lookup."""
+
+
+class _StaleLookupError(Exception):
+    """A state that the cache answered a lookup with was no longer running when saved."""
+
+
+class _BatchUndoneError(Exception):
+    """A run in a batch failed: the batch is undone, and each message runs on its own."""
+
+
+@dataclass(slots=True)
+class _Run:
+    """One handler's run on a state, not saved yet."""
+
+    handling: Handling
+    outgoing: list[Dispatchable]
 
 
 class WorkflowRunner:
@@ -47,6 +83,14 @@ class WorkflowRunner:
     workflow and runs the handler again on the fresh state, for as long as other saves keep
     moving the workflow on (see ``RetryPolicy``). A save whose outcome is unknown is settled
     by reading the workflow back.
+
+    A state this bus saved last comes from the ``StateCache`` instead of a read, and a run on
+    it is always saved, so that the save's version check validates whatever the handler
+    decided and sent. With coalescing on, the runner holding a workflow's turn also runs the
+    messages already waiting for that workflow on the state in memory, one after another,
+    and saves once: every message's id is recorded as applied and everything they sent is in
+    the outbox of that one save. Any failure in such a batch undoes it, and each message then
+    runs on its own.
     """
 
     def __init__(
@@ -64,8 +108,12 @@ class WorkflowRunner:
         applied_limit: int,
         values_in_logs: bool,
         telemetry: Telemetry,
+        cache: StateCache,
+        coalescing: bool,
     ) -> None:
         self._persistence = persistence
+        self._cache = cache
+        self._coalescing = coalescing and turns is not None
         self._sender = sender
         self._encode = encode
         self._outbox = outbox
@@ -150,12 +198,33 @@ class WorkflowRunner:
     ) -> None:
         mapping = subscriber.route.mapping
         assert mapping is not None
+        cached = self._cache.look_up(
+            subscriber.state_type, mapping, handling.message, handling.attributes
+        )
+        if cached is not None:
+            self._metrics.state_cache_hits += 1
+            try:
+                await self._continue_on(subscriber, handling, held, [cached], cached=True)
+                return
+            except _StaleLookupError:
+                pass  # another process completed it: look the message up afresh
         states = await self._persistence.get_workflow_state(
             subscriber.state_type, mapping, handling.message, handling.attributes
         )
         if not states:
             await self._unmatched(subscriber, handling, mapping)
             return
+        await self._continue_on(subscriber, handling, held, states, cached=False)
+
+    async def _continue_on(
+        self,
+        subscriber: WorkflowSubscriber[Any],
+        handling: Handling,
+        held: Hashable | None,
+        states: list[WorkflowState],
+        *,
+        cached: bool,
+    ) -> None:
         first_error: Exception | None = None
         for state in states:
             completion = f"{subscriber.name}@{state.workflow_id}"
@@ -165,14 +234,18 @@ class WorkflowRunner:
             key = self._keys.of_instance(subscriber.state_type, state.workflow_id)
             try:
                 if self._turns is None or key == held:
-                    await self._run_on(subscriber, handling, state)
+                    await self._run_on(subscriber, handling, state, cached=cached)
                 elif self._turns.claim(key):
-                    await self._turns.run(key, _bind(self._run_on, subscriber, handling, state))
+                    run = _bind(self._run_on, subscriber, handling, state, cached)
+                    await self._turns.run(key, run)
                 else:
                     fresh = _bind(self._run_on_fresh, subscriber, handling, state.workflow_id)
                     job = handling.unit(subscriber.name, fresh, completion=completion)
-                    self._turns.wait_behind(key, job)
+                    waiting = WaitingRun(subscriber, handling, completion, state.workflow_id)
+                    self._turns.wait_behind(key, job, waiting)
                     continue
+            except _StaleLookupError:
+                raise
             except Exception as error:  # the other states still get the message
                 first_error = first_error or error
                 continue
@@ -207,18 +280,33 @@ class WorkflowRunner:
     async def _run_on_fresh(
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, workflow_id: str
     ) -> None:
-        state = await self._read(subscriber, workflow_id)
-        if state is not None:
-            await self._run_on(subscriber, handling, state)
+        cached = self._cache.take(subscriber.state_type, workflow_id)
+        if cached is not None:
+            self._metrics.state_cache_hits += 1
+        state = cached or await self._read(subscriber, workflow_id)
+        if state is None:
+            return
+        try:
+            await self._run_on(subscriber, handling, state, cached=cached is not None)
+        except _StaleLookupError:
+            self._no_longer_running(subscriber, handling, workflow_id)
 
     async def _run_on(
-        self, subscriber: WorkflowSubscriber[Any], handling: Handling, state: WorkflowState
+        self,
+        subscriber: WorkflowSubscriber[Any],
+        handling: Handling,
+        state: WorkflowState,
+        cached: bool = False,
     ) -> None:
         with logged_with(workflow_name=state.workflow_name, workflow_id=state.workflow_id):
-            await self._run_on_state(subscriber, handling, state)
+            await self._run_on_state(subscriber, handling, state, cached)
 
     async def _run_on_state(
-        self, subscriber: WorkflowSubscriber[Any], handling: Handling, state: WorkflowState
+        self,
+        subscriber: WorkflowSubscriber[Any],
+        handling: Handling,
+        state: WorkflowState,
+        cached: bool,
     ) -> None:
         stalled = 0
         while True:
@@ -228,21 +316,30 @@ class WorkflowRunner:
                 self._no_longer_running(subscriber, handling, state.workflow_id)
                 return
             try:
-                await self._run_handler(subscriber, handling, state, always_save=False)
+                await self._run_handler_on(
+                    subscriber, handling, state, always_save=cached, may_coalesce=True
+                )
                 return
             except WorkflowUniquenessError:
                 raise
-            except WorkflowConcurrencyError:
+            except _BatchUndoneError:
+                handling.alone = True
+                moved_on = True
+            except WorkflowConcurrencyError as error:
                 self._metrics.conflicts += 1
-                fresh = await self._read(subscriber, state.workflow_id)
+                conflict, moved_on = error, False
+            fresh = await self._read(subscriber, state.workflow_id)
+            if fresh is None or fresh.workflow_status is not WorkflowStatus.RUNNING:
+                if cached:
+                    raise _StaleLookupError
                 if fresh is None:
                     self._no_longer_running(subscriber, handling, state.workflow_id)
                     return
-                moved_on = fresh.workflow_version > state.workflow_version
-                stalled = 0 if moved_on else stalled + 1
-                if stalled >= self._policy.max_stalled_conflicts:
-                    raise
-                state = fresh
+            moved_on = moved_on or (fresh.workflow_version > state.workflow_version)
+            stalled = 0 if moved_on else stalled + 1
+            if stalled >= self._policy.max_stalled_conflicts:
+                raise conflict
+            state, cached = fresh, False
 
     def _lookup_for_log(self, mapping: MessageWorkflowMapping[Any, Any], handling: Handling) -> str:
         """``field=value`` for a log line; the value only if it is a workflow id, or if the
@@ -322,7 +419,9 @@ class WorkflowRunner:
         always_save: bool,
     ) -> None:
         with logged_with(workflow_name=state.workflow_name, workflow_id=state.workflow_id):
-            await self._run_handler_on(subscriber, handling, state, always_save=always_save)
+            await self._run_handler_on(
+                subscriber, handling, state, always_save=always_save, may_coalesce=False
+            )
 
     async def _run_handler_on(
         self,
@@ -331,10 +430,54 @@ class WorkflowRunner:
         state: WorkflowState,
         *,
         always_save: bool,
+        may_coalesce: bool,
     ) -> None:
+        """Run the handler on ``state`` (and, coalescing, the runs waiting for the same
+        workflow), save the outcome with its outbox, then dispatch the outbox."""
         now = datetime.now(UTC) if state.workflow_outbox else None
         if now is not None:
             await self._outbox.rescue(state, now)
+        updated, result, outgoing = await self._handle(subscriber, handling, state)
+        if updated is None or (result is None and not always_save):
+            await self._outbox.dispatch(outgoing, state)
+            return
+        runs = [_Run(handling, outgoing)]
+        taken: list[Queued] = []
+        if may_coalesce and self._coalescing and not handling.alone:
+            updated = await self._coalesce(updated, runs, taken)
+        try:
+            message_ids = [run.handling.attributes.message_id for run in runs]
+            applied = [*state.workflow_applied, *(each for each in message_ids if each)]
+            updated.workflow_applied = applied[-self._applied_limit :]
+            if now is not None or any(run.outgoing for run in runs):
+                now = now or datetime.now(UTC)
+                updated.workflow_outbox = [
+                    *self._outbox.carried(state, now),
+                    *(
+                        to_record(each, run.handling.attributes.message_id, now)
+                        for run in runs
+                        for each in run.outgoing
+                    ),
+                ]
+            stored = await self._save(subscriber, handling, updated)
+        except BaseException:
+            self._put_back(updated, taken)
+            raise
+        self._outbox.saved(updated)
+        self._keys.remember(updated, subscriber.mapped_fields)
+        if stored is not None:
+            self._cache.put(stored)
+        outgoing = [each for run in runs for each in run.outgoing]
+        await self._outbox.dispatch(outgoing, updated)
+        self._outbox.clear_later(updated, [each.message.message_id for each in outgoing])
+        for queued in taken:
+            await self._settle_taken(queued, updated.workflow_id)
+
+    async def _handle(
+        self, subscriber: WorkflowSubscriber[Any], handling: Handling, state: WorkflowState
+    ) -> tuple[WorkflowState | None, object, list[Dispatchable]]:
+        """Run one handler on ``state``: the state after it (``None`` if it discarded the
+        workflow), what it returned, and what it sent, encoded."""
         workflow = WorkflowAddress(workflow_name=state.workflow_name, workflow_id=state.workflow_id)
         context = HandlingContext(
             self._sender, handling.attributes, workflow=workflow, handler=subscriber.name
@@ -349,32 +492,103 @@ class WorkflowRunner:
             )
         updated = apply_handler_result(state, result, handler_name=subscriber.name)
         context.open = False
-        outgoing = [self._encode(each) for each in context.outbox]
-        if updated is not None and (result is not None or always_save):
-            message_id = handling.attributes.message_id
-            if message_id is not None:
-                applied = [*state.workflow_applied, message_id]
-                updated.workflow_applied = applied[-self._applied_limit :]
-            if outgoing or now is not None:
-                now = now or datetime.now(UTC)
-                updated.workflow_outbox = [
-                    *self._outbox.carried(state, now),
-                    *(to_record(each, message_id, now) for each in outgoing),
-                ]
-            await self._save(subscriber, handling, updated)
-            self._outbox.saved(updated)
-            self._keys.remember(updated, subscriber.mapped_fields)
-            await self._outbox.dispatch(outgoing, updated)
-            self._outbox.clear_later(updated, [each.message.message_id for each in outgoing])
+        return updated, result, [self._encode(each) for each in context.outbox]
+
+    async def _coalesce(
+        self, state: WorkflowState, runs: list[_Run], taken: list[Queued]
+    ) -> WorkflowState:
+        """Run the handlers waiting for this workflow's turn on ``state``, one after another,
+        while each is sure to reach this workflow; the state after the last of them."""
+        assert self._turns is not None
+        key = self._keys.of_instance(type(state), state.workflow_id)
+        while state.workflow_status is WorkflowStatus.RUNNING:
+            joins = functools.partial(self._joins, state=state, runs=runs)
+            queued = self._turns.take_next(key, joins)
+            if queued is None:
+                break
+            taken.append(queued)
+            waiting = queued.subject
+            assert isinstance(waiting, WaitingRun)
+            try:
+                with about_message(waiting.handling.delivery.message):
+                    updated, _, outgoing = await self._handle(
+                        waiting.subscriber, waiting.handling, state
+                    )
+            except Exception as error:
+                self._put_back(state, taken)
+                raise _BatchUndoneError from error
+            if updated is None:  # it discards the workflow: let it do so on its own
+                self._put_back(state, taken)
+                raise _BatchUndoneError
+            runs.append(_Run(waiting.handling, outgoing))
+            state = updated
+        if taken:
+            self._metrics.coalesced += len(taken)
+        return state
+
+    def _joins(self, subject: object, *, state: WorkflowState, runs: list[_Run]) -> bool:
+        """Whether a waiting run would reach ``state``'s workflow, and only it, right now."""
+        if not isinstance(subject, WaitingRun) or subject.handling.alone:
+            return False
+        subscriber, handling = subject.subscriber, subject.handling
+        message_id = handling.attributes.message_id
+        mapping = subscriber.route.mapping
+        if (
+            subscriber.state_type is not type(state)
+            or subscriber.route.starts_workflow
+            or mapping is None
+            or message_id is None
+            or message_id in state.workflow_applied
+            or any(run.handling.attributes.message_id == message_id for run in runs)
+            or handling.already_done(f"{subscriber.name}@{state.workflow_id}")
+        ):
+            return False
+        if subject.workflow_id is not None:
+            return subject.workflow_id == state.workflow_id
+        if not self._cache.answers(subscriber.state_type, mapping.maps_to):
+            return False
+        try:
+            value = resolve_lookup(
+                mapping, handling.message, handling.attributes, where=state.workflow_name
+            )
+        except Exception:
+            return False
+        if value is None:
+            return False
+        return lookup_key(value) == lookup_key(getattr(state, mapping.maps_to))
+
+    def _put_back(self, state: WorkflowState, taken: list[Queued]) -> None:
+        """Hand runs taken into a batch back to the turn, to run one at a time."""
+        if not taken:
             return
-        await self._outbox.dispatch(outgoing, state)
+        assert self._turns is not None
+        for queued in taken:
+            assert isinstance(queued.subject, WaitingRun)
+            queued.subject.handling.alone = True
+        self._turns.put_back(self._keys.of_instance(type(state), state.workflow_id), taken)
+        taken.clear()
+
+    async def _settle_taken(self, queued: Queued, workflow_id: str) -> None:
+        """A run taken into a batch succeeded: record it as its unit would have."""
+        waiting = queued.subject
+        assert isinstance(waiting, WaitingRun)
+        handling = waiting.handling
+        with about_message(handling.delivery.message):
+            instance = f"{waiting.subscriber.name}@{workflow_id}"
+            handling.completed.append(instance)
+            if waiting.completion != instance:
+                handling.completed.append(waiting.completion)
+            await handling.unit_done()
 
     async def _save(
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, state: WorkflowState
-    ) -> None:
-        """Save ``state``; a save whose outcome is unknown is settled by reading it back."""
+    ) -> WorkflowState | None:
+        """Save ``state``; a save whose outcome is unknown is settled by reading it back.
+
+        Returns the state as stored, when the persistence or the read gives it.
+        """
         try:
-            await self._persistence.save_workflow_state(state)
+            return await self._persistence.save_workflow_state(state)
         except WorkflowConcurrencyError:
             raise
         except (Exception, asyncio.CancelledError) as error:
@@ -397,7 +611,7 @@ class WorkflowRunner:
                 "is there" if landed else "is not there, so it runs again on fresh state",
             )
             if landed:
-                return
+                return stored
             raise WorkflowConcurrencyError(
                 f"{state.workflow_name}: the save of workflow {state.workflow_id} at version "
                 f"{state.workflow_version} did not land; read it again and retry",
@@ -417,13 +631,13 @@ _WORKFLOW_IDS = uuid.UUID("0f6c2b8e-3f4d-4b7a-9c1e-2a5d8e7f9b30")
 
 
 def _bind(
-    run: Callable[[WorkflowSubscriber[Any], Handling, Any], Awaitable[None]],
+    run: Callable[..., Awaitable[None]],
     subscriber: WorkflowSubscriber[Any],
     handling: Handling,
-    argument: Any,
+    *arguments: Any,
 ) -> Callable[[], Awaitable[None]]:
     async def bound() -> None:
-        await run(subscriber, handling, argument)
+        await run(subscriber, handling, *arguments)
 
     return bound
 

@@ -32,6 +32,10 @@ class BusSettings:
     per_workflow_order: bool
     applied_limit: int
     timeout_polling: TimeoutPolling
+    state_cache_size: int = 1_000
+    """How many workflows' last saved states the bus keeps; 0 keeps none."""
+    coalescing: bool = True
+    """Whether messages waiting for one workflow run in one batch, saved once."""
     values_in_logs: bool = False
     """Whether log lines at INFO and above may show values of states and messages."""
     telemetry: TelemetryFactory | None = None

@@ -106,6 +106,13 @@ class StateLayout:
 
     def to_document(self, state: WorkflowState, *, version: int, now: datetime) -> dict[str, Any]:
         """The document to store for ``state`` at ``version``; raises before any write."""
+        return self.to_stored(state, version=version, now=now)[0]
+
+    def to_stored(
+        self, state: WorkflowState, *, version: int, now: datetime
+    ) -> tuple[dict[str, Any], WorkflowState]:
+        """The document to store for ``state`` at ``version``, and the state it reads back as;
+        raises before any write."""
         stored = store_state(state, version=version, where=self.collection)
         document: dict[str, Any] = {
             ID: state.workflow_id,
@@ -117,7 +124,7 @@ class StateLayout:
             document[COMPLETED_AT] = now
         for key, value in stored.values.items():
             document[key] = to_bson(value)
-        return document
+        return document, stored.read_back
 
     def from_document(self, document: Mapping[str, Any]) -> WorkflowState:
         """The state a stored document holds; raises ``StoredStateError`` if it does not fit."""

@@ -413,10 +413,15 @@ class MongoPersistence(WorkflowReads):
         )
         return [layout.from_document(document) for document in documents]  # type: ignore[misc]
 
-    async def save_workflow_state(self, state: WorkflowState) -> None:
+    def unique_running_fields(self, state_type: type[WorkflowState]) -> tuple[str, ...]:
+        """The fields set with ``with_workflow_options(unique_running=...)``."""
+        return self._options.get(state_type, WorkflowOptions()).unique_running
+
+    async def save_workflow_state(self, state: WorkflowState) -> WorkflowState:
+        """Save ``state``, and return it as it reads back at its new version."""
         layout = self._layout(type(state))
         version = state.workflow_version
-        document = layout.to_document(state, version=version + 1, now=datetime.now(UTC))
+        document, read_back = layout.to_stored(state, version=version + 1, now=datetime.now(UTC))
         collection = self._collection(layout.collection)
         try:
             if version == 0:
@@ -449,6 +454,7 @@ class MongoPersistence(WorkflowReads):
             state.workflow_id,
             version + 1,
         )
+        return read_back
 
     async def clear_outbox(
         self, state_type: type[WorkflowState], workflow_id: str, message_ids: Sequence[str]
