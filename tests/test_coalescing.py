@@ -1,0 +1,153 @@
+"""Coalescing: messages waiting for one workflow run in one batch and are saved once, with
+every exactly-once rule kept, and one message at a time again after a failure."""
+
+from __future__ import annotations
+
+from busflow import Bus, InMemoryPersistence, MessageAttributes
+from tests.counters import (
+    Bump,
+    BumpTag,
+    CounterState,
+    CounterWorkflow,
+    Report,
+    Reported,
+    Start,
+)
+
+BUMPS = 8
+
+
+def counter_bus(
+    *,
+    unique: bool = True,
+    coalescing: bool = True,
+    reports: list[Reported] | None = None,
+    persistence: InMemoryPersistence | None = None,
+) -> Bus:
+    persistence = persistence or InMemoryPersistence()
+    if unique:
+        persistence.with_workflow_options(CounterState, unique_running=["key"])
+    builder = (
+        Bus.configure()
+        .with_persistence(persistence)
+        .with_workflow(CounterWorkflow)
+        .with_concurrency(BUMPS)
+        .with_coalescing(coalescing)
+    )
+    if reports is not None:
+
+        async def collect(message: Reported, _attributes: MessageAttributes) -> None:
+            reports.append(message)
+
+        builder = builder.with_handler(Reported, collect)
+    return builder.build()
+
+
+async def started(bus: Bus, key: str = "k") -> None:
+    await bus.publish(Start(key=key, tag="t"))
+    await bus.wait_until_idle(timeout=10)
+
+
+async def counter(bus: Bus, key: str = "k") -> CounterState:
+    [state] = await bus.find_workflows(CounterState, "key", key)
+    return state
+
+
+async def bump_while_the_first_waits(bus: Bus, *bumps: Bump) -> None:
+    """The first bump pauses in its handler, so the others queue behind its workflow."""
+    await bus.publish(Bump(key="k", pause=0.05))
+    for bump in bumps:
+        await bus.publish(bump)
+    await bus.wait_until_idle(timeout=10)
+
+
+async def test_waiting_messages_are_saved_in_one_write_with_every_id_applied() -> None:
+    bus = counter_bus()
+    async with bus:
+        await started(bus)
+        await bump_while_the_first_waits(bus, *(Bump(key="k") for _ in range(BUMPS - 1)))
+        state = await counter(bus)
+
+    assert state.count == BUMPS
+    assert bus.metrics.coalesced == BUMPS - 1
+    assert state.workflow_version == 2  # the start, then one save for every bump
+    assert state.workflow_applied[1:] == state.seen  # each bump's id, in the order it ran
+    assert len(set(state.seen)) == BUMPS
+
+
+async def test_everything_a_batch_sends_is_dispatched_once() -> None:
+    reports: list[Reported] = []
+    bus = counter_bus(reports=reports)
+    async with bus:
+        await started(bus)
+        await bus.publish(Bump(key="k", pause=0.05))
+        for _ in range(3):
+            await bus.publish(Report(key="k"))
+            await bus.publish(Bump(key="k"))
+        await bus.wait_until_idle(timeout=10)
+        state = await counter(bus)
+
+    assert bus.metrics.coalesced > 0
+    assert [report.count for report in reports] == [1, 2, 3]
+    assert state.count == 4
+
+
+async def test_a_failure_in_a_batch_undoes_it_and_each_message_runs_on_its_own() -> None:
+    bus = counter_bus()
+    async with bus:
+        await started(bus)
+        await bump_while_the_first_waits(
+            bus, Bump(key="k"), Bump(key="k", fail=True), Bump(key="k"), Bump(key="k")
+        )
+        state = await counter(bus)
+
+    assert state.count == 4
+    [dead] = bus.dead_letters
+    assert dead.error_type == "tests.counters.BumpRefusedError"
+    assert dead.attempts == 1
+    assert len(state.seen) == 4
+    assert state.workflow_applied[1:] == state.seen
+
+
+async def test_a_conflict_in_a_batch_loses_nothing() -> None:
+    shared = InMemoryPersistence()
+    one, two = counter_bus(persistence=shared), counter_bus(persistence=shared)
+    async with one, two:
+        for n in range(5):
+            await started(one, f"k{n}")
+        for round_ in range(6):
+            for n in range(5):
+                await (one if round_ % 2 else two).publish(Bump(key=f"k{n}"))
+        await one.wait_until_idle(timeout=10)
+        await two.wait_until_idle(timeout=10)
+        states = [await counter(one, f"k{n}") for n in range(5)]
+
+    assert [state.count for state in states] == [6] * 5
+    assert [len(set(state.seen)) for state in states] == [6] * 5
+    assert one.dead_letters == two.dead_letters == []
+
+
+async def test_messages_found_by_a_field_that_is_not_unique_are_not_batched() -> None:
+    bus = counter_bus()
+    async with bus:
+        await started(bus)
+        await bus.publish(Bump(key="k", pause=0.05))
+        for _ in range(3):
+            await bus.publish(BumpTag(tag="t"))
+        await bus.wait_until_idle(timeout=10)
+        state = await counter(bus)
+
+    assert state.count == 301
+    assert bus.metrics.coalesced == 0
+
+
+async def test_without_unique_running_or_with_coalescing_off_each_message_is_saved() -> None:
+    for bus in (counter_bus(unique=False), counter_bus(coalescing=False)):
+        async with bus:
+            await started(bus)
+            await bump_while_the_first_waits(bus, *(Bump(key="k") for _ in range(3)))
+            state = await counter(bus)
+
+        assert state.count == 4
+        assert bus.metrics.coalesced == 0
+        assert state.workflow_version == 5
