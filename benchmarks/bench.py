@@ -245,9 +245,15 @@ class Databases:
             await self._client.drop_database(name)
 
 
-async def initialized_persistence(client: Client, database: str) -> MongoPersistence:
-    """A MongoPersistence on ``database`` whose order collection and index exist."""
+async def initialized_persistence(
+    client: Client, database: str, *, recommended: bool = False
+) -> MongoPersistence:
+    """A MongoPersistence on ``database`` whose order collection and index exist; with
+    ``recommended``, ``order_id`` is ``unique_running``, which lets the bus's state cache and
+    coalescing serve the saga's lookups."""
     persistence = MongoPersistence(client=client, database=database)
+    if recommended:
+        persistence.with_workflow_options(OrderState, unique_running=["order_id"])
     await persistence.initialize_workflow(OrderState, [BY_ORDER])
     return persistence
 
@@ -453,6 +459,10 @@ class SagaRun:
     unmatched: int
     orders_correct: int
     wrong_examples: list[str]
+    cpu_us_per_message: float = 0.0
+    """This process's CPU time (the client's: the server runs in its own process) per message."""
+    coalesced: int = 0
+    state_cache_hits: int = 0
 
     @property
     def all_correct(self) -> bool:
@@ -505,9 +515,9 @@ async def run_bus_saga(
     ids = order_ids(orders)
     async with bus:
         with counter.window() if counter else contextlib.nullcontext(CommandWindow()) as commands:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             await publish_orders(bus, ids)
-            seconds = time.perf_counter() - started
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         wrong = await check_orders(persistence, ids)
     metrics = bus.metrics
     messages = metrics.messages_delivered
@@ -528,6 +538,67 @@ async def run_bus_saga(
         unmatched=metrics.unmatched,
         orders_correct=orders - len(wrong),
         wrong_examples=wrong[:3],
+        cpu_us_per_message=cpu / messages * 1e6,
+        coalesced=metrics.coalesced,
+        state_cache_hits=metrics.state_cache_hits,
+    )
+
+
+async def run_two_bus_saga(
+    client: Client, counter: CommandCounter, databases: Databases, *, orders: int
+) -> SagaRun:
+    """The recommended configuration on two buses sharing one database, as two processes
+    would: the starts go to one, and each order's items alternate between them, so each bus's
+    cached states go stale behind its back; the payments follow once the items are in, since
+    nothing orders one bus's messages after another's."""
+    database = databases.new("saga_two_buses")
+    buses = [
+        Bus.configure()
+        .with_persistence(await initialized_persistence(client, database, recommended=True))
+        .with_workflow(OrderWorkflow)
+        .with_concurrency(SAGA_CONCURRENCY)
+        .build()
+        for _ in range(2)
+    ]
+    ids = order_ids(orders)
+    async with buses[0], buses[1]:
+        with counter.window() as commands:
+            started, cpu = time.perf_counter(), time.process_time()
+            for order_id in ids:
+                await buses[0].publish(OrderPlaced(order_id=order_id))
+            await buses[0].wait_until_idle(timeout=IDLE_TIMEOUT)
+            for order_id in ids:
+                for n, item in enumerate(item_names()):
+                    await buses[n % 2].publish(ItemAdded(order_id=order_id, item=item))
+            for bus in buses:  # no order holds across buses: the payment waits for the items
+                await bus.wait_until_idle(timeout=IDLE_TIMEOUT)
+            for n, order_id in enumerate(ids):
+                await buses[n % 2].publish(OrderPaid(order_id=order_id))
+            for bus in buses:
+                await bus.wait_until_idle(timeout=IDLE_TIMEOUT)
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        wrong = await check_orders(buses[0].persistence, ids)
+    messages = sum(bus.metrics.messages_delivered for bus in buses)
+    return SagaRun(
+        persistence="mongodb, two buses",
+        concurrency=SAGA_CONCURRENCY,
+        per_workflow_order=True,
+        orders=orders,
+        messages=messages,
+        seconds=seconds,
+        messages_per_s=messages / seconds,
+        commands=commands.count,
+        commands_per_message=commands.count / messages,
+        command_names=commands.names,
+        conflicts=sum(bus.metrics.conflicts for bus in buses),
+        retries=sum(bus.metrics.retries for bus in buses),
+        dead_letters=sum(len(bus.dead_letters) for bus in buses),
+        unmatched=sum(bus.metrics.unmatched for bus in buses),
+        orders_correct=orders - len(wrong),
+        wrong_examples=wrong[:3],
+        cpu_us_per_message=cpu / messages * 1e6,
+        coalesced=sum(bus.metrics.coalesced for bus in buses),
+        state_cache_hits=sum(bus.metrics.state_cache_hits for bus in buses),
     )
 
 
@@ -571,10 +642,10 @@ async def run_raw_saga(
     ids = order_ids(orders)
     raw = RawSaga(order_collection(persistence), ids)
     with counter.window() as commands:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await run_pool([functools.partial(raw.start, o) for o in ids], concurrency)
         await run_pool([functools.partial(raw.continue_order, o) for o in ids], concurrency)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     wrong = await check_orders(persistence, ids)
     messages = orders * MESSAGES_PER_ORDER
     return SagaRun(
@@ -594,6 +665,7 @@ async def run_raw_saga(
         unmatched=0,
         orders_correct=orders - len(wrong),
         wrong_examples=wrong[:3],
+        cpu_us_per_message=cpu / messages * 1e6,
     )
 
 
@@ -602,10 +674,15 @@ class OrderSaga:
     before: SagaRun
     after: SagaRun
     raw: SagaRun
+    recommended: SagaRun
+    """The recommended configuration's run in the median round, by its ratio to ``raw``, the
+    raw driver's run in the same round (rounds interleave: raw driver, then busflow)."""
+    two_buses: SagaRun
+    rounds: int = 1
 
 
 async def measure_order_saga(
-    client: Client, counter: CommandCounter, databases: Databases, *, orders: int
+    client: Client, counter: CommandCounter, databases: Databases, *, orders: int, rounds: int
 ) -> OrderSaga:
     runs: dict[str, SagaRun] = {}
     for label, ordered in (("before", False), ("after", True)):
@@ -618,11 +695,24 @@ async def measure_order_saga(
             per_workflow_order=ordered,
             counter=counter,
         )
-    progress("order saga, raw-driver limit")
-    raw = await run_raw_saga(
-        client, counter, databases, orders=orders, concurrency=SAGA_CONCURRENCY
-    )
-    return OrderSaga(runs["before"], runs["after"], raw)
+    pairs: list[tuple[SagaRun, SagaRun]] = []
+    for round_ in range(rounds):
+        progress(f"order saga, round {round_ + 1} of {rounds}: raw driver, then recommended")
+        raw = await run_raw_saga(
+            client, counter, databases, orders=orders, concurrency=SAGA_CONCURRENCY
+        )
+        persistence = await initialized_persistence(
+            client, databases.new(f"saga_recommended_{round_}"), recommended=True
+        )
+        recommended = await run_bus_saga(
+            persistence, orders=orders, concurrency=SAGA_CONCURRENCY, counter=counter
+        )
+        pairs.append((raw, recommended))
+    pairs.sort(key=lambda pair: pair[1].messages_per_s / pair[0].messages_per_s)
+    raw, recommended = pairs[len(pairs) // 2]
+    progress("order saga, recommended configuration on two buses")
+    two_buses = await run_two_bus_saga(client, counter, databases, orders=orders)
+    return OrderSaga(runs["before"], runs["after"], raw, recommended, two_buses, rounds)
 
 
 async def measure_throughput(
@@ -892,6 +982,57 @@ def evaluate_targets(
             after.messages_per_s >= 0.8 * raw.messages_per_s,
             False,
         ),
+        *recommended_targets(saga),
+    ]
+
+
+RECOMMENDED_COMMANDS_MAX = 0.65
+RECOMMENDED_SPEED_MIN = 2.0
+RECOMMENDED_CPU_MAX = 1.10
+
+
+def recommended_targets(saga: OrderSaga) -> list[Target]:
+    """Issue 14's targets: the recommended configuration against the raw driver."""
+    recommended, raw, two = saga.recommended, saga.raw, saga.two_buses
+    assert recommended.commands_per_message is not None
+    speed = recommended.messages_per_s / raw.messages_per_s
+    cpu = recommended.cpu_us_per_message / raw.cpu_us_per_message
+    return [
+        Target(
+            "recommended: commands/message",
+            f"<= {RECOMMENDED_COMMANDS_MAX}",
+            f"{recommended.commands_per_message:.3f}",
+            recommended.commands_per_message <= RECOMMENDED_COMMANDS_MAX,
+            True,
+        ),
+        Target(
+            "recommended: correctness",
+            f"{recommended.orders}/{recommended.orders} complete, 0 dead",
+            f"{recommended.orders_correct}/{recommended.orders}, {recommended.dead_letters} dead",
+            recommended.all_correct,
+            True,
+        ),
+        Target(
+            "recommended: messages/s vs raw driver",
+            f">= {RECOMMENDED_SPEED_MIN}x",
+            f"{recommended.messages_per_s:,.0f} vs {raw.messages_per_s:,.0f} ({speed:.2f}x)",
+            speed >= RECOMMENDED_SPEED_MIN,
+            False,
+        ),
+        Target(
+            "recommended: client CPU/message vs raw driver",
+            f"<= {RECOMMENDED_CPU_MAX}x",
+            f"{recommended.cpu_us_per_message:.0f} vs {raw.cpu_us_per_message:.0f} us ({cpu:.2f}x)",
+            cpu <= RECOMMENDED_CPU_MAX,
+            False,
+        ),
+        Target(
+            "recommended, two buses: correctness",
+            f"{two.orders}/{two.orders} complete, 0 lost, 0 dead",
+            f"{two.orders_correct}/{two.orders}, {two.dead_letters} dead",
+            two.all_correct,
+            True,
+        ),
     ]
 
 
@@ -1024,7 +1165,45 @@ def print_report(report: dict[str, Any], results: Results) -> None:
             )
         ],
     )
-    for label, run in (("before", saga.before), ("after", saga.after)):
+    print_table(
+        f"3b. The recommended configuration (order_id unique_running; state cache and "
+        f"coalescing on, the defaults); median of {saga.rounds} interleaved round(s)",
+        [
+            "run",
+            "msgs/s",
+            "vs raw",
+            "cmds/msg",
+            "client CPU us/msg",
+            "coalesced",
+            "cache hits",
+            "conflicts",
+            "orders correct",
+        ],
+        [
+            (
+                label,
+                fmt(run.messages_per_s, 0),
+                f"{run.messages_per_s / saga.raw.messages_per_s:.2f}x",
+                fmt(run.commands_per_message, 3),
+                fmt(run.cpu_us_per_message, 0),
+                run.coalesced,
+                run.state_cache_hits,
+                run.conflicts,
+                f"{run.orders_correct}/{run.orders}",
+            )
+            for label, run in (
+                ("raw driver, same round", saga.raw),
+                ("busflow, recommended", saga.recommended),
+                ("busflow, recommended, two buses", saga.two_buses),
+            )
+        ],
+    )
+    for label, run in (
+        ("before", saga.before),
+        ("after", saga.after),
+        ("recommended", saga.recommended),
+        ("two buses", saga.two_buses),
+    ):
         for example in run.wrong_examples:
             print(f"  {label}: wrong order {example}")
     print_table(
@@ -1095,10 +1274,11 @@ class Profile:
     lookup_sizes: tuple[int, ...]
     lookups_per_size: int
     load_budget: float
+    saga_rounds: int
 
 
-FULL = Profile("full", 200, 40, 25, (1, 10, 50), (1_000, 10_000, 100_000), 100, 300.0)
-QUICK = Profile("quick", 50, 20, 25, (1, 10, 50), (1_000, 10_000), 30, 20.0)
+FULL = Profile("full", 200, 40, 25, (1, 10, 50), (1_000, 10_000, 100_000), 100, 300.0, 3)
+QUICK = Profile("quick", 50, 20, 25, (1, 10, 50), (1_000, 10_000), 30, 20.0, 1)
 
 
 async def measure_all(client: Client, counter: CommandCounter, profile: Profile) -> Results:
@@ -1110,7 +1290,9 @@ async def measure_all(client: Client, counter: CommandCounter, profile: Profile)
         overhead = await measure_overhead(
             client, databases, rounds=profile.overhead_rounds, batch=profile.overhead_batch
         )
-        saga = await measure_order_saga(client, counter, databases, orders=profile.orders)
+        saga = await measure_order_saga(
+            client, counter, databases, orders=profile.orders, rounds=profile.saga_rounds
+        )
         throughput = await measure_throughput(
             client, databases, orders=profile.orders, concurrencies=profile.concurrencies
         )

@@ -187,6 +187,7 @@ def order_bus(
     *,
     completed: Callable[[OrderCompleted, MessageAttributes], Awaitable[None]] | None = None,
 ) -> Bus:
+    persistence.with_workflow_options(OrderState, unique_running=["order_id"])  # recommended
     configuration = (
         Bus.configure()
         .with_persistence(persistence)
