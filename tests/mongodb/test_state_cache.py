@@ -71,8 +71,7 @@ async def test_a_workflows_next_message_takes_its_state_from_the_cache_without_a
     assert state.count == 3
     assert bus.metrics.state_cache_hits == 3
     if commands is not None:  # mongomock has no command monitoring
-        assert sent.count("find") == 0
-        assert sent.count("findAndModify") == 3
+        assert "find" not in sent  # (the timeout poller's findAndModify may come and go)
 
 
 async def test_the_cache_keeps_only_as_many_states_as_it_is_given(
