@@ -1,4 +1,5 @@
-"""What a bus start costs in MongoDB commands, and what a restart leaves alone.
+"""What a bus start costs in MongoDB commands, what a restart leaves alone, and the warning
+about bson's C extension.
 
 Counting commands (PyMongo command monitoring) is deterministic, so these are tests; how long
 a start takes is the benchmark's business.
@@ -6,12 +7,14 @@ a start takes is the benchmark's business.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import bson
 import pytest
 from pymongo import AsyncMongoClient
 
@@ -164,3 +167,39 @@ async def test_a_collection_that_mongodb_reports_missing_is_created_on_a_restart
     finally:
         await direct.drop_database(database)
         await direct.close()
+
+
+async def test_a_missing_bson_c_extension_is_one_warning_at_startup(
+    mongo_backend: MongoBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(bson, "has_c", lambda: False)
+    bus = bus_of(mongo_backend.client, mongo_backend.database, workflow_types=3)
+
+    with caplog.at_level(logging.WARNING, logger="busflow"):
+        await bus.initialize()
+        await bus.dispose()
+
+    warnings = [record for record in caplog.records if "C extension" in record.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].name == "busflow.mongodb"
+    assert warnings[0].levelno == logging.WARNING
+    message = warnings[0].getMessage()
+    assert "27% more CPU" in message
+    assert "pip install --force-reinstall --only-binary=pymongo pymongo" in message
+
+
+async def test_no_warning_when_bson_has_its_c_extension(
+    mongo_backend: MongoBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(bson, "has_c", lambda: True)
+    persistence = MongoPersistence(client=mongo_backend.client, database=mongo_backend.database)
+
+    with caplog.at_level(logging.DEBUG, logger="busflow"):
+        await persistence.initialize()
+
+    assert any(record.name == "busflow.mongodb" for record in caplog.records)
+    assert not [record for record in caplog.records if "C extension" in record.getMessage()]
