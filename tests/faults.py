@@ -4,7 +4,9 @@ It reads MongoDB's wire protocol (OP_MSG) in both directions. For a command that
 picks, it either forwards the request and then loses the reply (the write happened, the
 client never hears of it), loses the request (nothing happened), or holds the reply for
 longer than the client waits (a stall). Either way the client's connection is cut, as a
-network blip or a failover would cut it.
+network blip or a failover would cut it. It can also answer a command as MongoDB answers one
+on a collection that does not exist (NamespaceNotFound), which mongoeco does not do for
+``listIndexes``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Fault(enum.Enum):
     LOSE_REPLY = "lose the reply"
     LOSE_REQUEST = "lose the request"
     STALL = "stall past the client's timeout"
+    NAMESPACE_NOT_FOUND = "answer NamespaceNotFound (code 26), keeping the connection"
 
 
 @dataclass
@@ -59,6 +62,14 @@ def command_of(message: bytes) -> tuple[str, dict[str, Any]] | None:
             return next(iter(body)), body
         offset += size
     return None
+
+
+def namespace_not_found(reply: bytes) -> bytes:
+    """The reply replaced by MongoDB's answer for a collection that does not exist."""
+    request_id, responds_to = struct.unpack_from("<ii", reply, 4)
+    error = {"ok": 0.0, "errmsg": "ns does not exist", "code": 26, "codeName": "NamespaceNotFound"}
+    payload = struct.pack("<i", 0) + b"\x00" + bson.encode(error)  # flagBits, a body section
+    return HEADER.pack(HEADER.size + len(payload), request_id, responds_to, OP_MSG) + payload
 
 
 async def _read_message(reader: asyncio.StreamReader) -> bytes:
@@ -154,9 +165,11 @@ class FaultProxy:
             reply = await _read_message(server_in)
             (responds_to,) = struct.unpack_from("<i", reply, 8)
             fault = doomed.pop(responds_to, None)
-            if fault is Fault.STALL:
-                await asyncio.sleep(self._stall_seconds)
-            if fault is not None:
+            if fault is Fault.NAMESPACE_NOT_FOUND:
+                reply = namespace_not_found(reply)
+            elif fault is not None:
+                if fault is Fault.STALL:
+                    await asyncio.sleep(self._stall_seconds)
                 client_out.close()  # the reply is lost with the connection
                 return
             client_out.write(reply)

@@ -63,7 +63,11 @@ class Persistence(Protocol):
         state_type: type[WorkflowState],
         mappings: Sequence[MessageWorkflowMapping[Any, Any]],
     ) -> None:
-        """Set up storage for a state type and the fields its mappings look up (idempotent)."""
+        """Set up storage for a state type and the fields its mappings look up (idempotent).
+
+        The bus calls it for all its state types at once, so calls for different state types
+        may run concurrently.
+        """
 
     async def get_workflow_state(
         self,

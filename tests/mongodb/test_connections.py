@@ -143,7 +143,7 @@ async def test_startup_round_trips_do_not_grow_with_the_data(mongo_backend: Mong
     await persistence.initialize_workflow(Ticket, [BY_TICKET])
 
     assert commands.names == with_one
-    assert len(with_one) <= 3, with_one
+    assert sorted(with_one) == ["find", "listIndexes"]
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from busflow._bus.metrics import BusMetrics
 from busflow._bus.ordering import Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox
 from busflow._bus.retries import RetryPolicy
-from busflow._bus.routing import MessageHandler, Routes
+from busflow._bus.routing import MessageHandler, RegisteredWorkflow, Routes
 from busflow._bus.runner import WorkflowRunner
 from busflow._bus.settings import BusSettings
 from busflow._bus.telemetry import NoTelemetry, Telemetry, TelemetryFactory
@@ -75,6 +75,27 @@ class _Lifecycle(enum.Enum):
     STARTED = "started"
     DISPOSING = "disposing"
     DISPOSED = "disposed"
+
+
+async def _initialize_workflows(
+    persistence: Persistence, workflows: Sequence[RegisteredWorkflow]
+) -> None:
+    """``initialize_workflow`` for every state type at once.
+
+    It waits for all of them, so none is still running when it returns or raises; then it
+    raises the first failure (in the order the workflows were registered) as it was raised,
+    with a note naming each other failure.
+    """
+    outcomes = await asyncio.gather(
+        *(persistence.initialize_workflow(each.state_type, each.mappings) for each in workflows),
+        return_exceptions=True,
+    )
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if failures:
+        first, *others = failures
+        for other in others:
+            first.add_note(f"another workflow failed to initialize too: {other!r}")
+        raise first
 
 
 class Bus:
@@ -147,7 +168,8 @@ class Bus:
     async def initialize(self) -> None:
         """Check the workflows, and prepare the persistence and each workflow's storage.
 
-        If it fails, nothing is registered, and it may be called again.
+        The persistence prepares every workflow's storage at once (``initialize_workflow``
+        concurrently). If it fails, nothing is registered, and it may be called again.
         """
         if self._lifecycle is not _Lifecycle.BUILT:
             raise BusError(f"initialize() on a bus that is {self._lifecycle.value}")
@@ -160,8 +182,7 @@ class Bus:
         initialize = getattr(persistence, "initialize", None)
         if initialize is not None:
             await initialize()
-        for registered in routes.workflows:
-            await persistence.initialize_workflow(registered.state_type, registered.mappings)
+        await _initialize_workflows(persistence, routes.workflows)
         sender = ContextualSender(self)
         for workflow in settings.workflows:
             workflow.bus = sender

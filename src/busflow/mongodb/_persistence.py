@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
 
+import bson
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import (
     CollectionInvalid,
@@ -74,6 +75,8 @@ UNIQUE_INDEX_PREFIX = "busflow_unique_running_"
 RETENTION_INDEX = "busflow_retain_completed"
 REGISTRY_COLLECTION = "busflow_workflows"
 """One document per workflow collection: its state type and the indexes busflow expects."""
+BSON_WITHOUT_C_EXTRA_CPU_PERCENT = 27
+"""How much more CPU per saga message busflow used without bson's C extension (issue 14)."""
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,7 @@ class MongoPersistence(WorkflowReads):
         self._state_type_by_collection: dict[str, type[WorkflowState]] = {}
         self._collections: dict[str, Any] = {}
         self._scheduled_messages: ScheduledMessages | None = None
+        self._registry_read: asyncio.Future[dict[str, dict[str, Any]]] | None = None
 
     def __repr__(self) -> str:
         where = redact_uri(self._uri) if self._uri is not None else type(self._client).__name__
@@ -322,7 +326,10 @@ class MongoPersistence(WorkflowReads):
         self._logger = core_dependencies.logger_factory("busflow.mongodb")
 
     async def initialize(self) -> None:
-        """Connect and ping; fail within ``connect_timeout`` seconds if the server is away."""
+        """Connect and ping; fail within ``connect_timeout`` seconds if the server is away.
+
+        Warns once, on the ``busflow.mongodb`` logger, when bson runs without its C extension.
+        """
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await self.client.admin.command("ping")
@@ -345,6 +352,14 @@ class MongoPersistence(WorkflowReads):
         self._logger.info(
             "connected to MongoDB at %s, database %s", self._where(), self._database_name
         )
+        if not bson.has_c():
+            self._logger.warning(
+                "bson's C extension is missing (bson.has_c() is False): encoding and decoding "
+                "every message costs about %d%% more CPU. Install PyMongo's binary wheel for "
+                "this platform (pip install --force-reinstall --only-binary=pymongo pymongo), "
+                "or run a CPython for which PyMongo publishes one",
+                BSON_WITHOUT_C_EXTRA_CPU_PERCENT,
+            )
 
     async def dispose(self) -> None:
         """Close the client if this persistence made it; a handed-in client stays open."""
@@ -361,15 +376,26 @@ class MongoPersistence(WorkflowReads):
         state_type: type[WorkflowState],
         mappings: Sequence[MessageWorkflowMapping[Any, Any]],
     ) -> None:
-        """Create the collection and busflow's indexes if missing. Never drops anything."""
+        """Create the collection and busflow's indexes if missing. Never drops anything.
+
+        A restart, where the registry entry, the collection and its indexes are as expected,
+        sends one ``listIndexes``, plus one ``find`` on the registry that every
+        ``initialize_workflow`` call running at the same time shares (the bus calls them all
+        at once). Anything missing or different costs a command to create or write it.
+        """
         layout = self._layout(state_type)
         check_mapping_fields(state_type, mappings, owner=layout.collection)
         options = self._options.get(state_type, WorkflowOptions())
         wanted = expected_indexes(layout, mappings, options)
+        registry_read = self._shared_registry_read()
         try:
-            await self._register(layout, wanted)
-            await self._ensure_collection(layout.collection)
-            await self._ensure_indexes(layout.collection, wanted)
+            registered, listed = await asyncio.gather(
+                asyncio.shield(registry_read), self._listed_indexes(layout.collection)
+            )
+            wrote_entry = await self._register(layout, wanted, registered.get(layout.collection))
+            created_indexes = await self._ensure_indexes(layout.collection, wanted, listed or {})
+            if (listed is None or wrote_entry) and not created_indexes:
+                await self._create_collection(layout.collection)  # creating an index creates it
         except ConnectionFailure as error:
             raise self._connection_error("initialize_workflow", layout.collection, error) from error
         except (OperationFailure, CollectionInvalid) as error:
@@ -530,21 +556,41 @@ class MongoPersistence(WorkflowReads):
                 layout.key_for(field)
         return layout
 
-    async def _ensure_collection(self, name: str) -> None:
-        existing = await self.database.list_collection_names(filter={"name": name})
-        if name in existing:
-            return
+    async def _create_collection(self, name: str) -> None:
+        """Create the collection; one that exists already (made by another process) is fine.
+
+        One ``create``: without ``check_exists=False`` PyMongo asks ``listCollections`` first.
+        """
         try:
-            await self.database.create_collection(name)
+            try:
+                await self.database.create_collection(name, check_exists=False)
+            except NotImplementedError:  # mongomock takes no options (and checks by itself)
+                await self.database.create_collection(name)
         except (CollectionInvalid, OperationFailure) as error:
-            # Another process created it between our check and our create: that is success.
             if not (getattr(error, "code", None) == 48 or "already exists" in str(error)):
                 raise
 
-    async def _ensure_indexes(self, collection_name: str, wanted: list[ExpectedIndex]) -> None:
-        collection = self.database[collection_name]
-        cursor = await _maybe_await(collection.list_indexes())
+    async def _listed_indexes(self, collection_name: str) -> dict[str, dict[str, Any]] | None:
+        """The collection's indexes by name, or None when the collection does not exist.
+
+        MongoDB answers ``listIndexes`` on a missing collection with NamespaceNotFound (code
+        26), which PyMongo turns into no index at all, as mongomock answers; an existing
+        collection always lists ``_id_``. mongoeco lists ``_id_`` for a missing collection too,
+        so there a collection without busflow indexes is created only when its registry entry
+        is written (its first save creates it anyway).
+        """
+        cursor = await _maybe_await(self._collection(collection_name).list_indexes())
         listed = {index["name"]: index async for index in cursor}
+        return listed or None
+
+    async def _ensure_indexes(
+        self,
+        collection_name: str,
+        wanted: list[ExpectedIndex],
+        listed: dict[str, dict[str, Any]],
+    ) -> bool:
+        """Create the wanted indexes that are not listed; whether it created any."""
+        collection = self._collection(collection_name)
         if RETENTION_INDEX in listed and all(index.name != RETENTION_INDEX for index in wanted):
             self._logger.warning(
                 "%s: completed workflows are still deleted after %s s by the index %r, though "
@@ -578,6 +624,7 @@ class MongoPersistence(WorkflowReads):
             self._logger.info(
                 "%s: created indexes %s", collection_name, [index.name for index in missing]
             )
+        return bool(missing)
 
     async def _change_retention(self, collection: Any, index: ExpectedIndex) -> None:
         """Give busflow's own TTL index a new expiry: collMod, or drop and recreate it."""
@@ -595,39 +642,72 @@ class MongoPersistence(WorkflowReads):
             "%s: completed workflows are now kept %s s", collection.name, index.expire_after_seconds
         )
 
-    async def _register(self, layout: StateLayout, wanted: list[ExpectedIndex]) -> None:
-        """Record the state type and its expected indexes for operators (``busflow inspect``).
+    def _shared_registry_read(self) -> asyncio.Future[dict[str, dict[str, Any]]]:
+        """One read of the whole registry, shared by the ``initialize_workflow`` calls running
+        now; a call that starts after it finished reads again."""
+        read = self._registry_read
+        if read is None:
+            read = self._registry_read = asyncio.ensure_future(self._read_registry())
+            read.add_done_callback(self._registry_read_done)
+        return read
+
+    async def _read_registry(self) -> dict[str, dict[str, Any]]:
+        registry = self._collection(REGISTRY_COLLECTION)
+        return {entry[ID]: entry async for entry in registry.find({}) if isinstance(entry[ID], str)}
+
+    def _registry_read_done(self, read: asyncio.Future[dict[str, dict[str, Any]]]) -> None:
+        self._registry_read = None
+        if not read.cancelled():
+            read.exception()  # each caller gets it; this only keeps asyncio from reporting it
+
+    async def _register(
+        self, layout: StateLayout, wanted: list[ExpectedIndex], current: dict[str, Any] | None
+    ) -> bool:
+        """Record the state type and its expected indexes for operators (``busflow inspect``);
+        whether the entry had to be written.
+
+        ``current`` is the entry as read from the registry. It is left alone when it is
+        unchanged: the same workflow name, state type, fields and indexes. ``registered_at``
+        is therefore when the entry was first written or last changed, not the last start.
 
         The registry also keeps two workflows out of one collection: a collection registered
         to another ``workflow_name`` (by any process) is refused, naming both.
         """
         workflow_name = layout.state_type.workflow_name
-        entry = {
-            ID: layout.collection,
+        described = {
             "workflow_name": workflow_name,
             "state_type": f"{layout.state_type.__module__}.{layout.state_type.__qualname__}",
             "fields": {name: key for name, key in layout.keys.items()},
             "indexes": [index.describe() for index in wanted],
-            "registered_at": datetime.now(UTC),
         }
-        registry = self.database[REGISTRY_COLLECTION]
+        if current is not None:
+            if current.get("workflow_name") != workflow_name:
+                raise self._registered_elsewhere(layout, current.get("workflow_name"))
+            unchanged = {key: value for key, value in current.items() if key != "registered_at"}
+            if unchanged == {ID: layout.collection, **described}:
+                return False
+        entry = {ID: layout.collection, **described, "registered_at": datetime.now(UTC)}
+        registry = self._collection(REGISTRY_COLLECTION)
         mine = {ID: layout.collection, "workflow_name": workflow_name}
         try:
             await registry.replace_one(mine, entry, upsert=True)
-        except DuplicateKeyError:  # the collection is registered, and not to this name
+        except DuplicateKeyError:  # registered meanwhile, maybe to another name
             other = await registry.find_one({ID: layout.collection})
             registered = None if other is None else other.get("workflow_name")
             if registered != workflow_name:
-                raise ConfigurationError(
-                    f"{layout.collection}: {REGISTRY_COLLECTION} registers this collection to "
-                    f"workflow_name {registered!r}, so {workflow_name!r} "
-                    f"({layout.state_type.__name__}) "
-                    "cannot keep its workflows there too; give one of them another "
-                    "workflow_name, or this persistence a collection_prefix. If "
-                    f"{registered!r} is no longer used, delete its entry: "
-                    f"db.{REGISTRY_COLLECTION}.deleteOne({{_id: {layout.collection!r}}})"
-                ) from None
-            await registry.replace_one(mine, entry, upsert=True)  # it was registered meanwhile
+                raise self._registered_elsewhere(layout, registered) from None
+            await registry.replace_one(mine, entry, upsert=True)
+        return True
+
+    def _registered_elsewhere(self, layout: StateLayout, registered: object) -> ConfigurationError:
+        workflow_name = layout.state_type.workflow_name
+        return ConfigurationError(
+            f"{layout.collection}: {REGISTRY_COLLECTION} registers this collection to "
+            f"workflow_name {registered!r}, so {workflow_name!r} ({layout.state_type.__name__}) "
+            "cannot keep its workflows there too; give one of them another workflow_name, or "
+            f"this persistence a collection_prefix. If {registered!r} is no longer used, delete "
+            f"its entry: db.{REGISTRY_COLLECTION}.deleteOne({{_id: {layout.collection!r}}})"
+        )
 
     def _duplicate_error(
         self, layout: StateLayout, state: WorkflowState, error: DuplicateKeyError
