@@ -401,9 +401,9 @@ class _Walk:
     def mapping(self, value: Mapping[Any, Any], json: Any, depth: int) -> dict[str, Any]:
         if depth > MAX_NESTING:
             raise _too_deep()
-        json_items: Iterator[tuple[Any, Any]] | None = None
+        json_items: Iterator[tuple[Any, Any]] | None
         if json is _MISSING:
-            pass
+            json_items = None
         elif type(json) is dict and len(json) == len(value):
             json_items = iter(json.items())
         else:  # the JSON form has another shape than the Python one: keep it instead
@@ -427,7 +427,7 @@ class _Walk:
                         f"another key of this dict is stored as {name!r} too, and one would "
                         "overwrite the other; give the dict keys of one type"
                     )
-                size += _KEY_SIZES.get(name) or _key_size(name)
+                size += _KEY_SIZES.get(name) or _key_size(name)  # no call for a known key
                 # The most common values are taken here, without a call (as in ``sequence``).
                 kind = type(item)
                 if kind is str and item.isascii():
