@@ -29,9 +29,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import itertools
 import uuid
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal, DecimalException, Inexact, InvalidOperation, Overflow
 from types import UnionType
@@ -105,6 +104,8 @@ _DECIMAL128 = create_decimal128_context()
 _DECIMAL128.traps.update({InvalidOperation: True, Overflow: True, Inexact: True})
 _NUMBER_TYPES: Final = frozenset({int, float, Decimal})
 _PLAIN_TYPES: Final = frozenset({str, int, float, Decimal, uuid.UUID, datetime, bytes, type(None)})
+_FIXED_SIZES: Final[dict[type, int]] = {float: 8, bool: 1, type(None): 0}
+"""The size in BSON of a value of these types, which are kept as they are."""
 _MISSING: Final[Any] = object()
 """No JSON-mode value at hand (see ``_Walk.value``)."""
 
@@ -296,8 +297,10 @@ class _NeedsJsonError(_RefusalError):
     """A value that only pydantic's JSON mode can give in a form that can be kept."""
 
     def __init__(self, value: object) -> None:
-        super().__init__(f"a {type(value).__name__} needs its JSON form")
-        self.type_name = type(value).__name__
+        # Raised at every save of a field that needs its JSON form, and caught: the text that
+        # says why is written only if the JSON form cannot be had either (_cannot_serialize).
+        super().__init__("it needs its JSON form")
+        self.value_type = type(value)
 
 
 class _Walk:
@@ -340,10 +343,17 @@ class _Walk:
             return self.mapping(value, json, depth)
         if kind is list:
             return self.sequence(value, json, depth)
+        if kind is Decimal:
+            self.size += 16
+            return _decimal(value)
+        if kind is uuid.UUID:
+            self.size += 21
+            return value
         return self.other(value, json, depth)
 
     def other(self, value: Any, json: Any, depth: int) -> Any:
-        """Values of any type but the most common ones, which ``value`` handles itself."""
+        """Values of any type but the most common ones, which ``value`` handles itself (and
+        subclasses of those)."""
         if isinstance(value, enum.Enum):
             self.exact = False
             return self.value(value.value, json, depth)
@@ -391,30 +401,46 @@ class _Walk:
     def mapping(self, value: Mapping[Any, Any], json: Any, depth: int) -> dict[str, Any]:
         if depth > MAX_NESTING:
             raise _too_deep()
+        json_items: Iterator[tuple[Any, Any]] | None
         if json is _MISSING:
-            json_items: Iterable[tuple[Any, Any]] = _NO_JSON_ITEMS
+            json_items = None
         elif type(json) is dict and len(json) == len(value):
-            json_items = json.items()
+            json_items = iter(json.items())
         else:  # the JSON form has another shape than the Python one: keep it instead
             self.exact = False
             return self.value(json, json, depth)  # type: ignore[no-any-return]
         stored: dict[str, Any] = {}
         size = 5
         key: Any = None
+        keys_converted = False  # only a converted key can collide with another
         try:
-            for (key, item), (json_key, json_item) in zip(value.items(), json_items, strict=False):
+            for key, item in value.items():
+                json_key, json_item = _NO_JSON if json_items is None else next(json_items)
                 if type(key) is str:
                     name = key
                 else:
                     self.exact = False
+                    keys_converted = True
                     name = _key_text(key, json_key)
-                if name in stored:
+                if keys_converted and name in stored:
                     raise _RefusalError(
                         f"another key of this dict is stored as {name!r} too, and one would "
                         "overwrite the other; give the dict keys of one type"
                     )
-                size += _key_size(name)
-                stored[name] = self.value(item, json_item, depth + 1)
+                size += _KEY_SIZES.get(name) or _key_size(name)  # no call for a known key
+                # The most common values are taken here, without a call (as in ``sequence``).
+                kind = type(item)
+                if kind is str and item.isascii():
+                    size += len(item) + 5
+                    stored[name] = item
+                elif kind in _FIXED_SIZES:
+                    size += _FIXED_SIZES[kind]
+                    stored[name] = item
+                elif kind is int and _INT32_MIN <= item <= _INT32_MAX:
+                    size += 4
+                    stored[name] = item
+                else:
+                    stored[name] = self.value(item, json_item, depth + 1)
         except _RefusalError as refusal:
             refusal.path.append(key)
             raise
@@ -431,20 +457,33 @@ class _Walk:
             self.exact = False
             return self.value(json, json, depth)  # type: ignore[no-any-return]
         stored: list[Any] = []
+        size = 5 + _index_keys_size(len(value))
         index = 0
         try:
             for index, item in enumerate(value):
-                item_json = _MISSING if json is _MISSING else json[index]
-                stored.append(self.value(item, item_json, depth + 1))
+                # The most common values are taken here, without a call (as in ``mapping``).
+                kind = type(item)
+                if kind is str and item.isascii():
+                    size += len(item) + 5
+                    stored.append(item)
+                elif kind in _FIXED_SIZES:
+                    size += _FIXED_SIZES[kind]
+                    stored.append(item)
+                elif kind is int and _INT32_MIN <= item <= _INT32_MAX:
+                    size += 4
+                    stored.append(item)
+                else:
+                    item_json = _MISSING if json is _MISSING else json[index]
+                    stored.append(self.value(item, item_json, depth + 1))
         except _RefusalError as refusal:
             refusal.path.append(index)
             raise
-        self.size += 5 + _index_keys_size(len(stored))
+        self.size += size
         return stored
 
 
-_NO_JSON_ITEMS: Final = itertools.repeat((_MISSING, _MISSING))
-"""Endless JSON items for a dict walked without its JSON form."""
+_NO_JSON: Final = (_MISSING, _MISSING)
+"""The JSON key and value of an item of a dict walked without its JSON form."""
 
 
 # Scalars
@@ -465,12 +504,24 @@ def _string_size(value: str) -> int:
 
 def _key_size(key: str) -> int:
     """The size a key adds to its element (a type byte, the key, a NUL); checks the key."""
-    if key.startswith("$") or "." in key or "\x00" in key:
-        raise _RefusalError(
-            "MongoDB keeps no key that starts with '$' or holds '.' or a NUL character; "
-            "use another key"
-        )
-    return len(key) + 2 if key.isascii() else _string_size(key) - 3
+    size = _KEY_SIZES.get(key)
+    if size is None:
+        if key.startswith("$") or "." in key or "\x00" in key:
+            raise _RefusalError(
+                "MongoDB keeps no key that starts with '$' or holds '.' or a NUL character; "
+                "use another key"
+            )
+        size = len(key) + 2 if key.isascii() else _string_size(key) - 3
+        if len(_KEY_SIZES) < _KEY_SIZES_KEPT:
+            _KEY_SIZES[key] = size
+    return size
+
+
+_KEY_SIZES: Final[dict[str, int]] = {}
+"""The sizes of keys checked already: the same keys come back in every item of a list of
+models and at every save."""
+_KEY_SIZES_KEPT: Final = 10_000
+"""At most this many, since keys can be data."""
 
 
 def _int_size(value: int) -> int:
@@ -580,8 +631,8 @@ def _json_value(value: object, needs: _NeedsJsonError) -> Any:
 
 def _cannot_serialize(needs: _NeedsJsonError, error: Exception) -> _RefusalError:
     needs.why = (
-        f"a {needs.type_name} cannot be stored: it is not a type BSON holds, and pydantic "
-        f"cannot serialize it ({error}); give the field a type pydantic can serialize"
+        f"a {needs.value_type.__name__} cannot be stored: it is not a type BSON holds, and "
+        f"pydantic cannot serialize it ({error}); give the field a type pydantic can serialize"
     )
     return needs
 

@@ -537,6 +537,7 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "a key that holds NUL": ({"anything": {"a\x00b": 1}}, "anything['a\\x00b']"),
     "a bad key deep inside": ({"anything": {"deep": [{"$set": 1}]}}, "anything.deep[0]['$set']"),
     "keys 1 and '1'": ({"mixed_keys": {1: "int", "1": "str"}}, "mixed_keys['1']"),
+    "keys '1' and 1": ({"mixed_keys": {"1": "str", 1: "int"}}, "mixed_keys[1]"),
     "an integer of 2**64": ({"pair": (2**64, "x")}, "pair[0]"),
     "an integer below -2**63": ({"anything": {"n": -(2**63) - 1}}, "anything.n"),
     "a Decimal beyond Decimal128": ({"amount": Decimal("1." + "1" * 40)}, "amount"),
