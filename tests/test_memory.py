@@ -2,8 +2,15 @@ from decimal import Decimal
 
 import pytest
 
-from busflow import InMemoryPersistence, Persistence, WorkflowState
+from busflow import (
+    InMemoryPersistence,
+    Persistence,
+    WorkflowState,
+    WorkflowStatus,
+    WorkflowUniquenessError,
+)
 from busflow.testing import PersistenceContract
+from tests.counters import CounterState
 from tests.scenarios import find
 
 
@@ -37,3 +44,20 @@ async def check_lookups_compare_as_mongodb_does(persistence: Persistence) -> Non
 
 async def test_lookups_compare_as_mongodb_does() -> None:
     await check_lookups_compare_as_mongodb_does(InMemoryPersistence())
+
+
+async def test_unique_running_allows_one_running_workflow_per_value() -> None:
+    persistence = InMemoryPersistence().with_workflow_options(CounterState, unique_running=["key"])
+    await persistence.save_workflow_state(CounterState(workflow_id="first", key="k"))
+
+    with pytest.raises(WorkflowUniquenessError) as refused:
+        await persistence.save_workflow_state(CounterState(workflow_id="second", key="k"))
+    assert (refused.value.field, refused.value.value) == ("key", "k")
+    assert await persistence.find_workflow(CounterState, "second") is None
+
+    [first] = await persistence.find_workflows(CounterState, "key", "k")
+    await persistence.save_workflow_state(
+        first.model_copy(update={"workflow_status": WorkflowStatus.COMPLETE})
+    )
+    await persistence.save_workflow_state(CounterState(workflow_id="second", key="k"))
+    assert len(await persistence.find_workflows(CounterState, "key", "k")) == 2

@@ -127,6 +127,23 @@ class WorkflowUniquenessError(WorkflowConcurrencyError):
         self.field = field
         self.value = value
 
+    @classmethod
+    def on_save(
+        cls, collection: str, workflow_id: str, field: str, value: object, expected_version: int
+    ) -> WorkflowUniquenessError:
+        """The error for a save of ``workflow_id`` refused because another running workflow
+        holds ``value`` in the unique field stored as ``field``."""
+        return cls(
+            f"{collection}: another running workflow already has {field}={value!r}, so "
+            f"workflow {workflow_id} was not saved (unique_running); the message that started "
+            "it may have been delivered twice",
+            collection=collection,
+            workflow_id=workflow_id,
+            field=field,
+            value=value,
+            expected_version=expected_version,
+        )
+
 
 class StoredStateError(PersistenceError):
     """A stored document does not fit its state model (a renamed field, a wrong type).

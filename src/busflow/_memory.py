@@ -249,17 +249,12 @@ class InMemoryPersistence(WorkflowReads):
         if stored_copy.workflow_status is WorkflowStatus.RUNNING:
             for field_name in self._unique_running.get(type(state), ()):
                 if table.running_holder(field_name, stored_copy) is not None:
-                    value = getattr(stored_copy, field_name)
-                    key = stored_keys(type(state))[field_name]
-                    raise WorkflowUniquenessError(
-                        f"{name}: another running workflow already has {key}={value!r}, so "
-                        f"workflow {state.workflow_id} was not saved (unique_running); the "
-                        "message that started it may have been delivered twice",
-                        collection=name,
-                        workflow_id=state.workflow_id,
-                        field=key,
-                        value=value,
-                        expected_version=expected,
+                    raise WorkflowUniquenessError.on_save(
+                        name,
+                        state.workflow_id,
+                        stored_keys(type(state))[field_name],
+                        getattr(stored_copy, field_name),
+                        expected,
                     )
         table.store(stored_copy)
         if self._logger.isEnabledFor(logging.DEBUG):

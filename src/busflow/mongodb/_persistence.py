@@ -717,15 +717,8 @@ class MongoPersistence(WorkflowReads):
         if pattern and pattern != [ID]:
             key = pattern[0]
             value = dict(details.get("keyValue") or {}).get(key)
-            return WorkflowUniquenessError(
-                f"{layout.collection}: another running workflow already has {key}={value!r}, "
-                f"so workflow {state.workflow_id} was not saved (unique_running); the message "
-                "that started it may have been delivered twice",
-                collection=layout.collection,
-                workflow_id=state.workflow_id,
-                field=key,
-                value=value,
-                expected_version=state.workflow_version,
+            return WorkflowUniquenessError.on_save(
+                layout.collection, state.workflow_id, key, value, state.workflow_version
             )
         return WorkflowConcurrencyError(
             f"{layout.collection}: workflow {state.workflow_id} already exists; a new "
