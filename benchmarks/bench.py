@@ -622,28 +622,53 @@ async def run_bus_saga(
             await publish_orders(bus, ids)
             seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         wrong = await check_orders(persistence, ids)
-    metrics = bus.metrics
-    messages = metrics.messages_delivered
+    return bus_saga_run(
+        "mongodb" if isinstance(persistence, MongoPersistence) else "in-memory",
+        [bus],
+        orders=orders,
+        concurrency=concurrency,
+        per_workflow_order=per_workflow_order,
+        seconds=seconds,
+        cpu=cpu,
+        commands=commands if counter else None,
+        wrong=wrong,
+    )
+
+
+def bus_saga_run(
+    label: str,
+    buses: Sequence[Bus],
+    *,
+    orders: int,
+    concurrency: int,
+    per_workflow_order: bool,
+    seconds: float,
+    cpu: float,
+    commands: CommandWindow | None,
+    wrong: list[str],
+) -> SagaRun:
+    """What the buses of one saga run did, added up."""
+    messages = sum(bus.metrics.messages_delivered for bus in buses)
     return SagaRun(
-        persistence="mongodb" if isinstance(persistence, MongoPersistence) else "in-memory",
+        persistence=label,
         concurrency=concurrency,
         per_workflow_order=per_workflow_order,
         orders=orders,
         messages=messages,
         seconds=seconds,
         messages_per_s=messages / seconds,
-        commands=commands.count if counter else None,
-        commands_per_message=commands.count / messages if counter else None,
-        command_names=commands.names if counter else None,
-        conflicts=metrics.conflicts,
-        retries=metrics.retries,
-        dead_letters=len(bus.dead_letters),
-        unmatched=metrics.unmatched,
+        commands=commands.count if commands else None,
+        commands_per_message=commands.count / messages if commands else None,
+        command_names=commands.names if commands else None,
+        conflicts=sum(bus.metrics.conflicts for bus in buses),
+        retries=sum(bus.metrics.retries for bus in buses),
+        dead_letters=sum(len(bus.dead_letters) for bus in buses),
+        unmatched=sum(bus.metrics.unmatched for bus in buses),
         orders_correct=orders - len(wrong),
         wrong_examples=wrong[:3],
         cpu_us_per_message=cpu / messages * 1e6,
-        coalesced=metrics.coalesced,
-        state_cache_hits=metrics.state_cache_hits,
+        coalesced=sum(bus.metrics.coalesced for bus in buses),
+        state_cache_hits=sum(bus.metrics.state_cache_hits for bus in buses),
     )
 
 
@@ -681,27 +706,16 @@ async def run_two_bus_saga(
                 await bus.wait_until_idle(timeout=IDLE_TIMEOUT)
             seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         wrong = await check_orders(buses[0].persistence, ids)
-    messages = sum(bus.metrics.messages_delivered for bus in buses)
-    return SagaRun(
-        persistence="mongodb, two buses",
+    return bus_saga_run(
+        "mongodb, two buses",
+        buses,
+        orders=orders,
         concurrency=SAGA_CONCURRENCY,
         per_workflow_order=True,
-        orders=orders,
-        messages=messages,
         seconds=seconds,
-        messages_per_s=messages / seconds,
-        commands=commands.count,
-        commands_per_message=commands.count / messages,
-        command_names=commands.names,
-        conflicts=sum(bus.metrics.conflicts for bus in buses),
-        retries=sum(bus.metrics.retries for bus in buses),
-        dead_letters=sum(len(bus.dead_letters) for bus in buses),
-        unmatched=sum(bus.metrics.unmatched for bus in buses),
-        orders_correct=orders - len(wrong),
-        wrong_examples=wrong[:3],
-        cpu_us_per_message=cpu / messages * 1e6,
-        coalesced=sum(bus.metrics.coalesced for bus in buses),
-        state_cache_hits=sum(bus.metrics.state_cache_hits for bus in buses),
+        cpu=cpu,
+        commands=commands,
+        wrong=wrong,
     )
 
 
