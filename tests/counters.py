@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field
 
 from busflow import (
+    BusConfiguration,
     BusflowError,
     Message,
     MessageAttributes,
@@ -109,3 +110,16 @@ class CounterWorkflow(Workflow[CounterState]):
         self, message: Finish, state: CounterState, attributes: MessageAttributes
     ) -> dict[str, Any]:
         return self.complete_workflow()
+
+
+def reporting_to(
+    configuration: BusConfiguration, reports: list[Reported] | None
+) -> BusConfiguration:
+    """``configuration`` with a handler that keeps every ``Reported`` in ``reports``, if given."""
+    if reports is None:
+        return configuration
+
+    async def collect(message: Reported, _attributes: MessageAttributes) -> None:
+        reports.append(message)
+
+    return configuration.with_handler(Reported, collect)

@@ -3,7 +3,7 @@ every exactly-once rule kept, and one message at a time again after a failure.""
 
 from __future__ import annotations
 
-from busflow import Bus, InMemoryPersistence, MessageAttributes
+from busflow import Bus, InMemoryPersistence
 from tests.counters import (
     Bump,
     BumpTag,
@@ -12,6 +12,7 @@ from tests.counters import (
     Report,
     Reported,
     Start,
+    reporting_to,
 )
 
 BUMPS = 8
@@ -27,20 +28,14 @@ def counter_bus(
     persistence = persistence or InMemoryPersistence()
     if unique:
         persistence.with_workflow_options(CounterState, unique_running=["key"])
-    builder = (
+    configuration = (
         Bus.configure()
         .with_persistence(persistence)
         .with_workflow(CounterWorkflow)
         .with_concurrency(BUMPS)
         .with_coalescing(coalescing)
     )
-    if reports is not None:
-
-        async def collect(message: Reported, _attributes: MessageAttributes) -> None:
-            reports.append(message)
-
-        builder = builder.with_handler(Reported, collect)
-    return builder.build()
+    return reporting_to(configuration, reports).build()
 
 
 async def started(bus: Bus, key: str = "k") -> None:

@@ -21,6 +21,7 @@ from tests.counters import (
     Report,
     Reported,
     Start,
+    reporting_to,
 )
 
 
@@ -30,19 +31,13 @@ def counter_bus(
     persistence = MongoPersistence(
         client=backend.client, database=backend.database
     ).with_workflow_options(CounterState, unique_running=["key"])
-    builder = (
+    configuration = (
         Bus.configure()
         .with_persistence(persistence)
         .with_workflow(CounterWorkflow)
         .with_state_cache(cache)
     )
-    if reports is not None:
-
-        async def collect(message: Reported, _attributes: MessageAttributes) -> None:
-            reports.append(message)
-
-        builder = builder.with_handler(Reported, collect)
-    return builder.build()
+    return reporting_to(configuration, reports).build()
 
 
 async def run(bus: Bus, *messages: Any) -> None:
