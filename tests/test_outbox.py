@@ -9,10 +9,12 @@ from typing import Any
 from busflow import (
     Bus,
     InMemoryPersistence,
+    MemoryTransport,
     Message,
     MessageAttributes,
     MessageWorkflowMapping,
     OutboxMessage,
+    TransportMessage,
     Workflow,
     WorkflowMapper,
     WorkflowState,
@@ -28,6 +30,7 @@ class Nudge(Message):
 
 
 class Notice(Message):
+    partition_key = "key"
     key: str
     text: str
 
@@ -58,17 +61,34 @@ class NoticeWorkflow(Workflow[NoticeState]):
         return {"nudges": state.nudges + 1}
 
 
-def notice_bus(persistence: InMemoryPersistence, notices: list[str]) -> Bus:
+def notice_bus(
+    persistence: InMemoryPersistence,
+    notices: list[str],
+    transport: MemoryTransport | None = None,
+) -> Bus:
     async def on_notice(message: Notice, attributes: MessageAttributes) -> None:
         notices.append(message.text)
 
     return (
         Bus.configure()
         .with_persistence(persistence)
+        .with_transport(transport or MemoryTransport())
         .with_workflow(NoticeWorkflow)
         .with_handler(Notice, on_notice)
         .build()
     )
+
+
+class SentMessages(MemoryTransport):
+    """The memory transport, keeping each message it is handed to send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[TransportMessage] = []
+
+    async def send(self, message: TransportMessage) -> None:
+        self.sent.append(message)
+        await super().send(message)
 
 
 async def stored(persistence: InMemoryPersistence, key: str) -> NoticeState:
@@ -162,3 +182,27 @@ async def test_messages_a_dead_bus_left_behind_are_rescued_and_dropped() -> None
 
     assert notices == ["left behind", "nudge 1"]
     assert abandoned.message_id not in [record.message_id for record in state.workflow_outbox]
+
+
+async def test_a_partition_key_travels_with_a_sent_message_and_with_a_rescued_one() -> None:
+    persistence = InMemoryPersistence()
+    notices: list[str] = []
+    transport = SentMessages()
+    async with notice_bus(persistence, notices, transport) as bus:
+        await bus.send(Begin(key="k"))
+        await bus.wait_until_idle(timeout=5)
+        abandoned = foreign_notice("left behind", datetime.now(UTC) - timedelta(minutes=5))
+        await plant(persistence, abandoned.model_copy(update={"partition_key": "k"}))
+        await bus.send(Nudge(key="k"))
+        await bus.wait_until_idle(timeout=5)
+
+    assert notices == ["left behind", "nudge 1"]
+    keys = {
+        message.message_id == abandoned.message_id: message.partition_key
+        for message in transport.sent
+        if message.name == Notice.message_name
+    }
+    assert keys == {True: "k", False: "k"}
+    assert [
+        message.partition_key for message in transport.sent if message.name != Notice.message_name
+    ] == [None, None]

@@ -25,6 +25,12 @@ class Message(BaseModel):
     """
 
     message_name: ClassVar[str] = "busflow.Message"
+    partition_key: ClassVar[str | None] = None
+    """The field whose value keeps related messages together: on a partitioned transport
+    (``RabbitMQTransport(..., partitions=16)``) every message with one value goes to one
+    partition, and so to the same process while it keeps up. Name the field that finds the
+    message's workflow (``"order_id"``), on every message type of that workflow. ``None``,
+    the default: no partition; the message goes to whichever process is free."""
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -35,6 +41,12 @@ class Message(BaseModel):
         if not isinstance(name, str) or not name.strip():
             raise ConfigurationError(
                 f"{cls.__qualname__}.message_name must be a non-empty string, not {name!r}"
+            )
+        key = cls.partition_key
+        if key is not None and key not in cls.model_fields:
+            raise ConfigurationError(
+                f"{cls.__qualname__}.partition_key is {key!r}, which is not one of its fields "
+                f"({', '.join(cls.model_fields) or 'it has none'})"
             )
 
 

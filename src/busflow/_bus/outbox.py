@@ -65,6 +65,7 @@ def to_record(dispatchable: Dispatchable, origin: str | None, saved_at: datetime
         attributes=dict(message.attributes),
         sticky_attributes=dict(message.sticky_attributes),
         publish=dispatchable.publish,
+        partition_key=message.partition_key,
         origin=origin,
         deliver_at=dispatchable.due_at,
         saved_at=saved_at,
@@ -79,6 +80,7 @@ def from_record(record: OutboxMessage) -> Dispatchable:
         record.correlation_id,
         record.attributes,
         record.sticky_attributes,
+        partition_key=record.partition_key,
     )
     return Dispatchable(message, record.publish, record.deliver_at)
 

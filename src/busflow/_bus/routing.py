@@ -137,6 +137,7 @@ class Routes:
             attributes.correlation_id,
             attributes.attributes,
             attributes.sticky_attributes,
+            partition_key=_partition_value(message),
         )
 
     def decode(self, message: TransportMessage) -> tuple[Message, MessageAttributes]:
@@ -178,3 +179,12 @@ class Routes:
 def _location(error: ValidationError) -> str:
     first: Mapping[str, Any] = error.errors(include_input=False)[0]
     return json.dumps(".".join(str(part) for part in first["loc"]) or "the top level")
+
+
+def _partition_value(message: Message) -> str | None:
+    """The value of the message's ``partition_key`` field as text, or ``None``."""
+    key = message.partition_key
+    if key is None:
+        return None
+    value = getattr(message, key)
+    return None if value is None else str(value)

@@ -49,11 +49,16 @@ def to_document(scheduled: ScheduledMessage) -> dict[str, Any]:
         "attributes": dict(message.attributes),
         "sticky_attributes": dict(message.sticky_attributes),
         "publish": scheduled.publish,
+        "partition_key": message.partition_key,
         "workflow_name": scheduled.workflow_name,
         "workflow_id": scheduled.workflow_id,
         "lease_owner": None,
         "leased_until": _NEVER,
     }
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def from_document(document: Mapping[str, Any]) -> ScheduledMessage:
@@ -64,6 +69,7 @@ def from_document(document: Mapping[str, Any]) -> ScheduledMessage:
         document.get("correlation_id"),
         dict(document.get("attributes") or {}),
         dict(document.get("sticky_attributes") or {}),
+        partition_key=_text_or_none(document.get("partition_key")),
     )
     return ScheduledMessage(
         message=message,

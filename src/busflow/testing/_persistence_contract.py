@@ -1455,6 +1455,33 @@ class PersistenceContract:
         assert workflow.expiries == []
         assert alarm.expired is False
 
+    async def test_a_scheduled_message_comes_back_with_everything_it_travels_with(
+        self, store: Persistence
+    ) -> None:
+        timeouts = self.timeout_store(store)
+        message = TransportMessage(
+            Expired.message_name,
+            "whole",
+            b'{"key":"a"}',
+            correlation_id="c-1",
+            attributes={"tenant": "t-1"},
+            sticky_attributes={"workflow_id": "w-1"},
+            partition_key="a",
+        )
+        await timeouts.schedule_messages(
+            [ScheduledMessage(message, publish=True, due_at=datetime.now(UTC))]
+        )
+
+        [claimed] = await timeouts.claim_due_messages(
+            datetime.now(UTC) + timedelta(seconds=1),
+            owner="me",
+            lease=timedelta(seconds=30),
+            limit=10,
+        )
+
+        assert claimed.scheduled.message == message
+        assert claimed.scheduled.publish is True
+
     async def test_a_message_scheduled_twice_under_one_id_is_stored_once(
         self, store: Persistence
     ) -> None:
