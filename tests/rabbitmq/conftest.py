@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aio_pika
 import pytest
 
 from busflow.rabbitmq import RabbitMQTransport
@@ -51,3 +54,26 @@ async def endpoint(rabbitmq: RabbitMQServer) -> AsyncIterator[Endpoint]:
             await transport.close()
         for transport in made.transports or [made.transport()]:
             await transport.delete(made.message_names)
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], *, within: float = 10) -> None:
+    """Wait until ``condition()`` holds; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, f"not so after {within} s"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def channel(rabbitmq: RabbitMQServer) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    """A plain aio-pika channel, to look at the broker as an operator's tool would."""
+    connection = await aio_pika.connect(rabbitmq.url)
+    try:
+        yield await connection.channel()
+    finally:
+        await connection.close()
+
+
+async def message_count(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
+    declared = await channel.declare_queue(queue, passive=True)
+    return declared.declaration_result.message_count or 0

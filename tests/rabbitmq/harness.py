@@ -133,6 +133,8 @@ class Cluster:
     mongodb_uri: str
     name: str
     """The queue, the exchanges' prefix and the database."""
+    partitions: int = 0
+    """The endpoint's partitions: every worker's, and the tear-down's."""
     workers: list[Worker] = field(default_factory=list)
 
     async def start_worker(self, *options: str) -> Worker:
@@ -151,6 +153,8 @@ class Cluster:
                 self.name,
                 "--prefix",
                 self.name,
+                "--partitions",
+                str(self.partitions),
                 *options,
             ]
         )
@@ -162,7 +166,9 @@ class Cluster:
         return list(await asyncio.gather(*(self.start_worker(*options) for _ in range(count))))
 
     def transport(self) -> RabbitMQTransport:
-        return RabbitMQTransport(self.amqp_url, queue=self.name, prefix=self.name)
+        return RabbitMQTransport(
+            self.amqp_url, queue=self.name, prefix=self.name, partitions=self.partitions
+        )
 
     async def place_orders(self, orders: int, items: int, *, first_wave: int = 0) -> None:
         """Start ``orders`` orders; once every one has started, send all their items at once,

@@ -14,10 +14,12 @@ from tests.conftest import RabbitMQServer
 
 
 class TestRabbitMQTransport(BusContract):
-    @pytest.fixture
-    async def transport(self, rabbitmq: RabbitMQServer) -> AsyncIterator[Transport]:
+    @pytest.fixture(params=[0, 4], ids=["one-queue", "4-partitions"])
+    async def transport(
+        self, rabbitmq: RabbitMQServer, request: pytest.FixtureRequest
+    ) -> AsyncIterator[Transport]:
         tag = f"busflow-test-{uuid.uuid4().hex[:8]}"
-        transport = RabbitMQTransport(rabbitmq.url, queue=tag, prefix=tag)
+        transport = RabbitMQTransport(rabbitmq.url, queue=tag, prefix=tag, partitions=request.param)
         self.url = rabbitmq.url
         try:
             yield transport

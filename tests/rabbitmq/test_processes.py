@@ -28,6 +28,20 @@ async def cluster(rabbitmq: RabbitMQServer, wire_server: WireServer) -> AsyncIte
         await made.tear_down()
 
 
+@pytest.fixture
+async def partitioned_cluster(
+    rabbitmq: RabbitMQServer, wire_server: WireServer
+) -> AsyncIterator[Cluster]:
+    """Workers on an endpoint of 8 partitions, keyed by the order id."""
+    made = Cluster(
+        rabbitmq.url, wire_server.uri, f"busflow-test-{uuid.uuid4().hex[:8]}", partitions=8
+    )
+    try:
+        yield made
+    finally:
+        await made.tear_down()
+
+
 async def test_three_workers_complete_every_order_with_exactly_its_items(
     cluster: Cluster,
 ) -> None:
@@ -40,6 +54,20 @@ async def test_three_workers_complete_every_order_with_exactly_its_items(
     assert outcome.wrong_orders(items=5) == []
     assert len(outcome.orders) == 200
     assert outcome.completions == {f"order-{n}": 1 for n in range(200)}
+    assert outcome.dead_letters == []
+
+
+async def test_partitioned_workers_complete_every_order_with_exactly_its_items(
+    partitioned_cluster: Cluster,
+) -> None:
+    cluster = partitioned_cluster
+    await cluster.start_workers(2)
+    await cluster.place_orders(200, items=5)
+    await cluster.until_complete(200, within=180)
+    outcome = await cluster.outcome()
+    assert outcome.wrong_orders(items=5) == []
+    assert outcome.completions == {f"order-{n}": 1 for n in range(200)}
+    assert outcome.duplicate_effects == {}
     assert outcome.dead_letters == []
 
 
@@ -124,12 +152,18 @@ def rabbitmqctl(*args: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("point", "after"),
-    [("save-then-dispatch", 3), ("dispatch-then-ack", 10), ("during-handler", 10)],
+    ("point", "after", "partitions"),
+    [
+        ("save-then-dispatch", 3, 0),
+        ("dispatch-then-ack", 10, 0),
+        ("during-handler", 10, 0),
+        ("dispatch-then-ack", 10, 8),
+    ],
 )
 async def test_a_worker_killed_at_a_kill_point_leaves_no_duplicate_effect_nor_lost_message(
-    cluster: Cluster, point: str, after: int
+    cluster: Cluster, point: str, after: int, partitions: int
 ) -> None:
+    cluster.partitions = partitions
     # The doomed worker handles one message at a time, so that it dies with that message
     # exactly at the point, and no other message of its own half done.
     doomed = await cluster.start_worker(

@@ -7,9 +7,8 @@ import logging
 import os
 import shutil
 import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import aio_pika
 import pytest
@@ -25,7 +24,7 @@ from busflow.rabbitmq import (
 )
 from busflow.rabbitmq._topology import Topology
 from tests.conftest import RabbitMQServer
-from tests.rabbitmq.conftest import Endpoint, unique_name
+from tests.rabbitmq.conftest import Endpoint, eventually, message_count, unique_name
 
 
 class Job(Message):
@@ -49,29 +48,6 @@ def bus_on(
         .with_dispose_timeout(dispose_timeout)
         .build()
     )
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], *, within: float = 10) -> None:
-    """Wait until ``condition()`` holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        assert time.monotonic() < deadline, f"not so after {within} s"
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def channel(rabbitmq: RabbitMQServer) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    """A plain aio-pika channel, to look at the broker as an operator's tool would."""
-    connection = await aio_pika.connect(rabbitmq.url)
-    try:
-        yield await connection.channel()
-    finally:
-        await connection.close()
-
-
-async def message_count(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
-    declared = await channel.declare_queue(queue, passive=True)
-    return declared.declaration_result.message_count or 0
 
 
 # topology

@@ -102,7 +102,12 @@ def build_bus(arguments: argparse.Namespace) -> Bus:
     fault = Fault(arguments.kill_at, arguments.kill_after)
     persistence = FaultyPersistence(fault, arguments.mongodb, database=arguments.database)
     transport = FaultyTransport(
-        fault, persistence, arguments.amqp, queue=arguments.queue, prefix=arguments.prefix
+        fault,
+        persistence,
+        arguments.amqp,
+        queue=arguments.queue,
+        prefix=arguments.prefix,
+        partitions=arguments.partitions,
     )
 
     async def count_completion(message: OrderCompleted, attributes: MessageAttributes) -> None:
@@ -142,6 +147,7 @@ def main() -> None:
     parser.add_argument("--database", required=True)
     parser.add_argument("--queue", required=True)
     parser.add_argument("--prefix", required=True)
+    parser.add_argument("--partitions", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--max-attempts", type=int, default=10)
     parser.add_argument("--kill-at", choices=KILL_POINTS)

@@ -9,7 +9,9 @@ under the prefix ``busflow``, a transport declares:
   them), shared by every process of the endpoint;
 - ``orders-service.retry-10ms`` ... ``orders-service.retry-5min``: a queue per retry delay,
   whose messages expire back into the endpoint queue;
-- ``orders-service.dead-letter``: messages that failed for good, with why in their headers.
+- ``orders-service.dead-letter``: messages that failed for good, with why in their headers;
+- with ``partitions=N``, ``orders-service.partitions`` and ``orders-service.partition-0`` ...:
+  messages go to a partition by their ``Message.partition_key``, one process at a time.
 """
 
 try:

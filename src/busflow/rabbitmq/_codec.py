@@ -6,7 +6,10 @@ something to say:
 
 - ``busflow-attempt``: the delivery attempt, from 1;
 - ``busflow-completed-by``: the handlers that finished on an earlier attempt;
-- ``busflow-attributes``, ``busflow-sticky-attributes``: the attributes, as JSON text.
+- ``busflow-attributes``, ``busflow-sticky-attributes``: the attributes, as JSON text;
+- ``busflow-partition-key``: the value of the message's partition key field.
+
+The routing key is not here: the transport sets it, from the partition key.
 
 A dead letter adds ``busflow-error-type``, ``busflow-error-text``, ``busflow-traceback``,
 ``busflow-attempts`` and ``busflow-handler``, and its ``timestamp`` says when it died.
@@ -41,6 +44,7 @@ ATTEMPT = "busflow-attempt"
 COMPLETED_BY = "busflow-completed-by"
 ATTRIBUTES = "busflow-attributes"
 STICKY_ATTRIBUTES = "busflow-sticky-attributes"
+PARTITION_KEY = "busflow-partition-key"
 
 ERROR_TYPE = "busflow-error-type"
 ERROR_TEXT = "busflow-error-text"
@@ -65,6 +69,8 @@ def encode(message: TransportMessage, headers: Mapping[str, Any] = _NOTHING) -> 
         amqp_headers[ATTRIBUTES] = _json(message.attributes)
     if message.sticky_attributes:
         amqp_headers[STICKY_ATTRIBUTES] = _json(message.sticky_attributes)
+    if message.partition_key is not None:
+        amqp_headers[PARTITION_KEY] = message.partition_key
     amqp_headers.update(headers)
     return AmqpMessage(
         message.body,
@@ -94,6 +100,10 @@ def decode(amqp: AbstractMessage) -> tuple[TransportMessage, list[str]]:
         completed_by = tuple(str(each) for each in listed)
     else:
         problems.append(f"its {COMPLETED_BY} header is not a list of handler names")
+    partition_key = headers.get(PARTITION_KEY)
+    if partition_key is not None and not isinstance(partition_key, str):
+        problems.append(f"its {PARTITION_KEY} header is not text")
+        partition_key = None
     message = TransportMessage(
         name=name,
         message_id=amqp.message_id or str(uuid.uuid4()),
@@ -103,6 +113,7 @@ def decode(amqp: AbstractMessage) -> tuple[TransportMessage, list[str]]:
         sticky_attributes=_attributes(headers, STICKY_ATTRIBUTES, problems),
         attempt=attempt,
         completed_by=completed_by,
+        partition_key=partition_key,
     )
     return message, problems
 

@@ -11,17 +11,40 @@ For an endpoint whose queue is ``orders-service``, under the prefix ``busflow``:
   target. A message waiting for a retry waits there: it holds no consumer and no prefetch
   slot, and, every message in one queue having the same TTL, none waits behind a longer one.
 - ``orders-service.dead-letter``: where messages go after their last attempt.
+
+A partitioned endpoint (``partitions=16``) adds:
+
+- ``orders-service.partitions``: a direct exchange, bound to each message exchange in place
+  of the endpoint queue. A message's routing key is the bucket of its partition key, two
+  hex digits of its hash (``"00"`` to ``"ff"``); bucket ``b`` is bound to partition queue
+  ``b % partitions``, and a message with no partition key (routing key ``""``) to the
+  endpoint queue.
+- ``orders-service.partition-0`` ... ``orders-service.partition-15``: the partition queues.
+  Every process consumes every one, each with its own random consumer priority per
+  partition; the broker gives a partition's messages to its highest-priority consumer while
+  that one has room, so each partition has one process at a time, and another takes over
+  when it stops or falls behind. Retries come back through the endpoint queue.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from busflow._errors import ConfigurationError
 
-__all__ = ["DEFAULT_RETRY_DELAYS", "QueueType", "Topology", "dead_letter_queue_of"]
+__all__ = [
+    "BUCKETS",
+    "DEFAULT_RETRY_DELAYS",
+    "PARTITIONS_ARGUMENT",
+    "QueueType",
+    "Topology",
+    "bucket_of",
+    "dead_letter_queue_of",
+]
 
 QueueType = Literal["quorum", "classic"]
 
@@ -31,6 +54,21 @@ the delay that the bus asked for, or for the longest."""
 
 NAME_LIMIT = 255
 """The longest queue or exchange name that RabbitMQ accepts, in bytes."""
+
+
+BUCKETS = 256
+"""How many buckets partition keys hash into: a partitioned endpoint has at most this many
+partitions."""
+PARTITIONS_ARGUMENT = "x-busflow-partitions"
+"""The partition exchange's argument that records how many partitions it feeds: a process
+started with another number is refused, since the bindings of both would copy messages."""
+
+
+def bucket_of(partition_key: str | None) -> str:
+    """The routing key of a message: its partition key's bucket, two hex digits, or ``""``."""
+    if partition_key is None:
+        return ""
+    return hashlib.blake2b(partition_key.encode(), digest_size=1).hexdigest()
 
 
 def dead_letter_queue_of(queue: str) -> str:
@@ -53,6 +91,8 @@ class Topology:
     queue: str
     prefix: str
     retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS
+    partitions: int = 0
+    """0: one endpoint queue that every process shares, in turn."""
     retry_milliseconds: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +119,13 @@ class Topology:
                 f"{self.retry_delays}"
             )
         object.__setattr__(self, "retry_milliseconds", milliseconds)
+        partitions = self.partitions
+        if isinstance(partitions, bool) or not isinstance(partitions, int):
+            raise ConfigurationError(f"partitions must be a whole number, not {partitions!r}")
+        if not 0 <= partitions <= BUCKETS:
+            raise ConfigurationError(
+                f"partitions must be from 0 (not partitioned) to {BUCKETS}, not {partitions}"
+            )
 
     @property
     def dead_letter_queue(self) -> str:
@@ -106,8 +153,29 @@ class Topology:
         index = bisect.bisect_left(levels, delay * 1000)
         return self.retry_queues[levels[min(index, len(levels) - 1)]]
 
+    @property
+    def partition_exchange(self) -> str:
+        return f"{self.queue}.partitions"
+
+    @property
+    def partition_queues(self) -> list[str]:
+        return [f"{self.queue}.partition-{n}" for n in range(self.partitions)]
+
+    def partition_bindings(self) -> Iterator[tuple[str, str]]:
+        """``(routing key, queue)``: each bucket to its partition queue, and ``""`` (no
+        partition key) to the endpoint queue."""
+        yield "", self.queue
+        queues = self.partition_queues
+        for bucket in range(BUCKETS):
+            yield f"{bucket:02x}", queues[bucket % self.partitions]
+
     def all_queues(self) -> list[str]:
-        return [self.queue, *self.retry_queues.values(), self.dead_letter_queue]
+        return [
+            self.queue,
+            *self.partition_queues,
+            *self.retry_queues.values(),
+            self.dead_letter_queue,
+        ]
 
     # arguments
 

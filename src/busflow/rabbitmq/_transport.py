@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import aiormq
 from aio_pika import ExchangeType
@@ -14,6 +15,7 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractMessage,
+    AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
@@ -24,13 +26,23 @@ from busflow._transport import DeadLetter, Delivery, Subscription, TransportMess
 from busflow._uri import hosts_of, redact_uri
 from busflow.rabbitmq._codec import decode, encode, encode_dead_letter
 from busflow.rabbitmq._connection import NoDelaySockets, check_url, connect, server_version
+from busflow.rabbitmq._errors import RabbitMQTopologyError
 from busflow.rabbitmq._publishing import declaring, publish
-from busflow.rabbitmq._topology import DEFAULT_RETRY_DELAYS, QueueType, Topology
+from busflow.rabbitmq._topology import (
+    DEFAULT_RETRY_DELAYS,
+    PARTITIONS_ARGUMENT,
+    QueueType,
+    Topology,
+    bucket_of,
+)
 
 __all__ = ["RabbitMQTransport"]
 
 QUORUM_SINCE = (3, 8)
 """The first RabbitMQ version with quorum queues."""
+PRIORITY_RANGE = 1_000_000
+"""A process's consumer priority on each partition is drawn from 1 to this: wide enough
+that two processes almost never tie."""
 DECODE_ERROR = "busflow.MessageDecodeError"
 
 
@@ -51,6 +63,18 @@ class RabbitMQTransport:
     delivers again. A retry waits in a retry queue, holding no consumer. A message that the
     transport cannot read goes to the dead-letter queue at once.
 
+    With ``partitions=N`` the endpoint keeps related messages together: a message goes to
+    one of N partition queues by the value of its ``Message.partition_key`` field, and
+    each partition is consumed by one process at a time (the one with the highest consumer
+    priority there, drawn at random per process; another takes over when it stops or has
+    its prefetch full). So one workflow's messages reach the process that cached its state.
+    Give every process of the endpoint the same ``partitions``: a process with a different
+    number is refused. A process holds up to ``partition_prefetch`` messages per partition
+    at once: the more, the less often a burst spills over to another process (which then
+    reads the state afresh), and the more messages wait in a process that stalls, until its
+    connection is given up and the broker delivers them to another.
+    Messages without a partition key, and retries, go through the endpoint queue.
+
     The connection reconnects by itself; a publish made while it is away waits up to
     ``publish_timeout`` seconds for it. The password in the URL is never logged.
     """
@@ -63,6 +87,8 @@ class RabbitMQTransport:
         prefix: str = "busflow",
         queue_type: QueueType | None = None,
         retry_delays: Iterable[float] = DEFAULT_RETRY_DELAYS,
+        partitions: int = 0,
+        partition_prefetch: int = 50,
         connect_timeout: float = 10.0,
         publish_timeout: float = 30.0,
     ) -> None:
@@ -71,7 +97,14 @@ class RabbitMQTransport:
             raise ConfigurationError(
                 f"queue_type must be 'quorum', 'classic' or None, not {queue_type!r}"
             )
-        self.topology = Topology(queue, prefix, tuple(retry_delays))
+        if isinstance(partition_prefetch, bool) or not (
+            isinstance(partition_prefetch, int) and partition_prefetch >= 1
+        ):
+            raise ConfigurationError(
+                f"partition_prefetch must be a whole number from 1, not {partition_prefetch!r}"
+            )
+        self.topology = Topology(queue, prefix, tuple(retry_delays), partitions)
+        self._partition_prefetch = partition_prefetch
         self._url = url
         self._hosts = hosts_of(url)
         self._queue_type = queue_type
@@ -84,6 +117,7 @@ class RabbitMQTransport:
         self._consumer: AbstractRobustChannel | None = None
         """Held here: the robust connection keeps its channels weakly, and restores only
         those still alive after a reconnection."""
+        self._partition_consumer: AbstractRobustChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._declaring: dict[str, asyncio.Future[AbstractExchange]] = {}
         self._declared_exchanges: set[str] = set()
@@ -162,14 +196,101 @@ class RabbitMQTransport:
             queue = await self._consumer.declare_queue(
                 topology.queue, durable=True, arguments=topology.queue_arguments(queue_type)
             )
-            for exchange in exchanges:
-                await queue.bind(exchange)
+            if topology.partitions:
+                await self._declare_partitions(queue, exchanges)
+            else:
+                await self._refuse_if_partitioned()
+                for exchange in exchanges:
+                    await queue.bind(exchange)
             await queue.consume(self._on_delivery)
+
+    async def _declare_partitions(
+        self, queue: AbstractQueue, exchanges: list[AbstractExchange]
+    ) -> None:
+        """The partition exchange and queues, bound in place of the endpoint queue; a
+        consumer on each partition queue, at a random priority."""
+        assert self._connection is not None
+        assert self.queue_type is not None
+        topology = self.topology
+        await self._refuse_other_partitions()
+        # A channel of their own, for a prefetch of their own.
+        self._partition_consumer = channel = await self._connection.channel(
+            publisher_confirms=False
+        )
+        await channel.set_qos(prefetch_count=self._partition_prefetch)
+        # The queues before the exchange: a process that finds the exchange finds them too.
+        queues = {topology.queue: queue}
+        for name in topology.partition_queues:
+            queues[name] = await channel.declare_queue(
+                name, durable=True, arguments=topology.queue_arguments(self.queue_type)
+            )
+        router = await channel.declare_exchange(
+            topology.partition_exchange,
+            ExchangeType.DIRECT,
+            durable=True,
+            arguments={PARTITIONS_ARGUMENT: topology.partitions},
+        )
+        for routing_key, name in topology.partition_bindings():
+            await queues[name].bind(router, routing_key=routing_key)
+        for exchange in exchanges:
+            await router.bind(exchange)
+            # After the partitions are bound, so that nothing published meanwhile is lost
+            # (what is published in between may arrive twice, once each way).
+            await queue.unbind(exchange)
+        for name in topology.partition_queues:
+            priority = random.randint(1, PRIORITY_RANGE)  # noqa: S311 - spreads, not secret
+            await queues[name].consume(self._on_delivery, arguments={"x-priority": priority})
+
+    async def _refuse_other_partitions(self) -> None:
+        """An endpoint partitioned into another number of partitions: the bindings of both
+        would copy messages."""
+        topology = self.topology
+        partitions = topology.partitions
+        if await self._exists("exchange", topology.partition_exchange) and (
+            not await self._exists("queue", f"{topology.queue}.partition-{partitions - 1}")
+            or await self._exists("queue", f"{topology.queue}.partition-{partitions}")
+        ):
+            raise RabbitMQTopologyError(
+                f"RabbitMQ at {self._hosts}: queue {topology.queue!r} is partitioned already, "
+                f"into another number of partitions than {partitions} (see its queues "
+                f"'{topology.queue}.partition-<n>'); start every process of the endpoint with "
+                "the same partitions. Nothing was changed"
+            )
+
+    async def _refuse_if_partitioned(self) -> None:
+        """An endpoint whose queue was partitioned: its messages go to the partition queues,
+        which a process without partitions would never read."""
+        topology = self.topology
+        if await self._exists("exchange", topology.partition_exchange):
+            raise RabbitMQTopologyError(
+                f"RabbitMQ at {self._hosts}: queue {topology.queue!r} is partitioned "
+                f"(exchange {topology.partition_exchange!r} routes its messages to partition "
+                "queues), and this transport has partitions=0; start it with the endpoint's "
+                "partitions, or, to stop partitioning, stop every process, let the partition "
+                "queues drain, and delete that exchange. Nothing was changed"
+            )
+
+    async def _exists(self, kind: Literal["exchange", "queue"], name: str) -> bool:
+        """Whether the broker has it, asked on a channel of its own: asking for one that
+        does not exist closes the channel."""
+        assert self._connection is not None
+        probe = await self._connection.channel(publisher_confirms=False)
+        try:
+            if kind == "exchange":
+                await probe.declare_exchange(name, passive=True)
+            else:
+                await probe.declare_queue(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        finally:
+            if not probe.is_closed:
+                await probe.close()
+        return True
 
     async def close(self) -> None:
         """Close the connection: the broker takes back every delivery not settled."""
         connection, self._connection = self._connection, None
-        self._publisher = self._consumer = None
+        self._publisher = self._consumer = self._partition_consumer = None
         self._exchanges.clear()
         self._declaring.clear()
         self._deliveries = asyncio.Queue()
@@ -192,6 +313,8 @@ class RabbitMQTransport:
             channel = await connection.channel()
             for queue in self.topology.all_queues():
                 await channel.queue_delete(queue)
+            if self.topology.partitions:
+                await channel.exchange_delete(self.topology.partition_exchange)
             for exchange in sorted(exchanges):
                 with contextlib.suppress(aiormq.exceptions.ChannelPreconditionFailed):
                     await channel.exchange_delete(exchange, if_unused=True)
@@ -206,13 +329,18 @@ class RabbitMQTransport:
         """Send a command to the endpoints that handle it. Raises ``UnroutableMessageError``
         if no queue is bound to its exchange: no endpoint that handles it has started."""
         what = f"{message.name} (message id {message.message_id})"
-        await self._publish(await self._exchange(message.name), encode(message), what)
+        exchange = await self._exchange(message.name)
+        routing_key = bucket_of(message.partition_key)
+        await self._publish(exchange, encode(message), what, routing_key=routing_key)
 
     async def publish(self, message: TransportMessage) -> None:
         """Publish an event to every endpoint bound to it; with none, it goes nowhere."""
         what = f"{message.name} (message id {message.message_id})"
         exchange = await self._exchange(message.name)
-        await self._publish(exchange, encode(message), what, mandatory=False)
+        routing_key = bucket_of(message.partition_key)
+        await self._publish(
+            exchange, encode(message), what, routing_key=routing_key, mandatory=False
+        )
 
     async def _publish(
         self,

@@ -34,11 +34,13 @@ DISPOSE_MARGIN = 1.5
 
 class Opened(Message):
     message_name = "busflow-contract.Opened"
+    partition_key = "account"
     account: str
 
 
 class Deposited(Message):
     message_name = "busflow-contract.Deposited"
+    partition_key = "account"
     account: str
     seq: int
 
@@ -52,6 +54,7 @@ class Noted(Message):
 
 class Check(Message):
     message_name = "busflow-contract.Check"
+    partition_key = "account"
     account: str
 
 
@@ -62,11 +65,13 @@ class Checked(Message):
 
 class Close(Message):
     message_name = "busflow-contract.Close"
+    partition_key = "account"
     account: str
 
 
 class Job(Message):
     message_name = "busflow-contract.Job"
+    partition_key = "key"
     key: str
 
 
