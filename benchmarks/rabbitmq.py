@@ -1,6 +1,7 @@
 """The order saga through RabbitMQ, on 1, 2 and 4 worker processes, beside the memory transport.
 
-    .venv/bin/python benchmarks/rabbitmq.py [--orders N] [--workers 1,2,4] [--quick] [--check]
+    .venv/bin/python benchmarks/rabbitmq.py [--orders N] [--workers 1,2,4] [--partitions 0,16]
+                                            [--quick] [--check]
 
 The workload is node-ts/bus's: per order, ``OrderPlaced`` starts a workflow, then its five
 ``ItemAdded`` messages race each other (all orders' items are published at once), and the
@@ -8,7 +9,9 @@ save that adds the fifth item completes the workflow and publishes ``OrderComple
 messages per order. The workers (each its own OS process, ``--worker``, bus concurrency 10)
 run the workflow on ``RabbitMQTransport`` and ``MongoPersistence``; this process publishes
 the orders and is a second endpoint that handles ``OrderCompleted``. Beside them, in the same
-run, one process runs the same saga on ``MemoryTransport``.
+run, one process runs the same saga on ``MemoryTransport``. Every worker count runs once per
+``--partitions`` value: 0 is one queue that the workers share in turn; N > 0 an endpoint of N
+partitions keyed by the order id, so that one order's messages reach one worker.
 
 For each run it reports messages/s (every delivery of the saga, from the first publish to the
 last completion), MongoDB commands per message (PyMongo command monitoring in every worker),
@@ -81,6 +84,9 @@ CONCURRENCY = 10
 PEER = {1: 43, 2: 82, 4: 128}
 """node-ts/bus-rabbitmq 1.0.5 with bus-mongodb 1.1.2, messages/s, on the same workload."""
 TARGET_FACTOR = 5
+COMMANDS_FACTOR = 1.2
+"""Issue 14: on RabbitMQ with 2 workers, commands per message within this factor of the
+memory transport's."""
 SENT_AT = "sent_at"
 """The sticky attribute that carries when a message (or the one that caused it) was sent."""
 WAIT_SECONDS = 600.0
@@ -94,17 +100,20 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 class OrderPlaced(Message):
     message_name = "bench.OrderPlaced"
+    partition_key = "order_id"
     order_id: str
 
 
 class ItemAdded(Message):
     message_name = "bench.ItemAdded"
+    partition_key = "order_id"
     order_id: str
     item: str
 
 
 class OrderCompleted(Message):
     message_name = "bench.OrderCompleted"
+    partition_key = "order_id"
     order_id: str
 
 
@@ -204,13 +213,20 @@ def order_bus(
 # A worker process: ``--worker``
 
 
-async def serve(database: str, queue: str) -> None:
+async def serve(database: str, queue: str, partitions: int, partition_prefetch: int) -> None:
     counter = CommandCounter()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         os.environ["MONGODB_URI"], event_listeners=[counter], tz_aware=True
     )
     latencies = Latencies()
-    transport = TimedRabbitMQTransport(latencies, os.environ["AMQP_URL"], queue=queue, prefix=queue)
+    transport = TimedRabbitMQTransport(
+        latencies,
+        os.environ["AMQP_URL"],
+        queue=queue,
+        prefix=queue,
+        partitions=partitions,
+        partition_prefetch=partition_prefetch,
+    )
     bus = order_bus(MongoPersistence(client=client, database=database), transport)
     stop = asyncio.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
@@ -245,6 +261,7 @@ async def serve(database: str, queue: str) -> None:
 class Run:
     transport: str
     workers: int
+    partitions: int
     orders: int
     messages: int
     seconds: float
@@ -268,9 +285,21 @@ class Run:
 class Workers:
     """Worker processes (``--worker``) that share one queue and one database."""
 
-    def __init__(self, count: int, *, amqp: str, mongodb: str, database: str, queue: str) -> None:
+    def __init__(
+        self,
+        count: int,
+        *,
+        amqp: str,
+        mongodb: str,
+        database: str,
+        queue: str,
+        partitions: int,
+        partition_prefetch: int,
+    ) -> None:
         environment = {**os.environ, "AMQP_URL": amqp, "MONGODB_URI": mongodb}
         command = [sys.executable, __file__, "--worker", "--database", database, "--queue", queue]
+        command += ["--partitions", str(partitions)]
+        command += ["--partition-prefetch", str(partition_prefetch)]
         self.logs: list[IO[str]] = [
             tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in kill()
             for _ in range(count)
@@ -394,7 +423,15 @@ def percentile_ms(seconds: Sequence[float], percentile: float) -> float:
 
 
 async def rabbitmq_run(
-    amqp: str, mongodb: str, client: Any, workers: int, orders: int, *, quiet: bool = False
+    amqp: str,
+    mongodb: str,
+    client: Any,
+    workers: int,
+    orders: int,
+    *,
+    partitions: int = 0,
+    partition_prefetch: int = 50,
+    quiet: bool = False,
 ) -> Run:
     """The saga through RabbitMQ on ``workers`` processes; with ``quiet``, one order at a time."""
     name = f"busflow-bench-{uuid.uuid4().hex[:8]}"
@@ -408,7 +445,15 @@ async def rabbitmq_run(
     driver = Bus.configure().with_transport(driver_transport).with_concurrency(CONCURRENCY)
     driver.with_handler(OrderCompleted, completions.handle)
     driver_bus = driver.build()
-    pool = Workers(workers, amqp=amqp, mongodb=mongodb, database=name, queue=name)
+    pool = Workers(
+        workers,
+        amqp=amqp,
+        mongodb=mongodb,
+        database=name,
+        queue=name,
+        partitions=partitions,
+        partition_prefetch=partition_prefetch,
+    )
     try:
         await asyncio.to_thread(pool.ready)
         async with driver_bus:
@@ -431,7 +476,7 @@ async def rabbitmq_run(
         await client.drop_database(name)
         # The driver's queue first: an exchange is deleted only once nothing is bound to it.
         await RabbitMQTransport(amqp, queue=f"{name}-driver", prefix=name).delete()
-        await RabbitMQTransport(amqp, queue=name, prefix=name).delete(
+        await RabbitMQTransport(amqp, queue=name, prefix=name, partitions=partitions).delete(
             [OrderPlaced.message_name, ItemAdded.message_name, OrderCompleted.message_name]
         )
     messages = sum(report["messages"] for report in reports) + driver_bus.metrics.messages_delivered
@@ -446,6 +491,7 @@ async def rabbitmq_run(
     return Run(
         transport="rabbitmq",
         workers=workers,
+        partitions=partitions,
         orders=orders,
         messages=messages,
         seconds=seconds,
@@ -500,6 +546,7 @@ async def memory_run(mongodb: str, orders: int) -> Run:
     return Run(
         transport="memory",
         workers=1,
+        partitions=0,
         orders=orders,
         messages=metrics.messages_delivered,
         seconds=seconds,
@@ -536,7 +583,12 @@ async def rabbitmq_version(amqp: str) -> str:
 
 
 async def measure(
-    server: Server, amqp: str, orders: int, worker_counts: Sequence[int]
+    server: Server,
+    amqp: str,
+    orders: int,
+    worker_counts: Sequence[int],
+    partition_counts: Sequence[int],
+    partition_prefetch: int,
 ) -> dict[str, Any]:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(server.uri, tz_aware=True)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -548,8 +600,22 @@ async def measure(
         progress(f"memory transport, {orders} orders")
         runs.append(await memory_run(server.uri, orders))
         for workers in worker_counts:
-            progress(f"RabbitMQ, {workers} worker process(es), {orders} orders")
-            runs.append(await rabbitmq_run(amqp, server.uri, client, workers, orders))
+            for partitions in partition_counts:
+                progress(
+                    f"RabbitMQ, {workers} worker process(es), {partitions} partitions, "
+                    f"{orders} orders"
+                )
+                runs.append(
+                    await rabbitmq_run(
+                        amqp,
+                        server.uri,
+                        client,
+                        workers,
+                        orders,
+                        partitions=partitions,
+                        partition_prefetch=partition_prefetch,
+                    )
+                )
         progress(f"RabbitMQ, one order at a time, {QUIET_ORDERS} orders, 1 worker")
         quiet = await rabbitmq_run(amqp, server.uri, client, 1, QUIET_ORDERS, quiet=True)
     finally:
@@ -570,6 +636,8 @@ async def measure(
         "quiet": asdict(quiet),
         "peer_messages_per_s": PEER,
         "target_factor": TARGET_FACTOR,
+        "commands_factor": COMMANDS_FACTOR,
+        "partition_prefetch": partition_prefetch,
     }
 
 
@@ -595,6 +663,7 @@ def print_report(report: dict[str, Any]) -> None:
             [
                 run["transport"],
                 run["workers"],
+                run["partitions"],
                 f"{run['messages_per_s']:.0f}",
                 target,
                 f"{peer}" if peer else "",
@@ -614,6 +683,7 @@ def print_report(report: dict[str, Any]) -> None:
         [
             "transport",
             "processes",
+            "partitions",
             "msg/s",
             "target",
             "node-ts",
@@ -629,6 +699,17 @@ def print_report(report: dict[str, Any]) -> None:
         ],
         rows,
     )
+    memory = next(run for run in report["runs"] if run["transport"] == "memory")
+    for run in report["runs"]:
+        if run["transport"] == "rabbitmq" and run["workers"] == 2:
+            ratio = run["commands_per_message"] / memory["commands_per_message"]
+            verdict = "met" if ratio <= COMMANDS_FACTOR else "not met"
+            print(
+                f"RabbitMQ, 2 workers, {run['partitions']} partitions: "
+                f"{run['commands_per_message']:.3f} commands/msg, {ratio:.2f}x the memory "
+                f"transport's {memory['commands_per_message']:.3f} (target <= "
+                f"{COMMANDS_FACTOR}x: {verdict})"
+            )
     quiet = report["quiet"]
     print(
         f"\none order at a time through RabbitMQ and 1 worker ({quiet['orders']} orders): "
@@ -654,6 +735,17 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         default="1,2,4",
         help="worker process counts, comma-separated (default 1,2,4)",
     )
+    parser.add_argument(
+        "--partitions",
+        default="0,16",
+        help="partition counts to run each worker count with, comma-separated (default 0,16)",
+    )
+    parser.add_argument(
+        "--partition-prefetch",
+        type=int,
+        default=50,
+        help="RabbitMQTransport's partition_prefetch (default 50)",
+    )
     parser.add_argument("--quick", action="store_true", help="50 orders, 1 and 2 workers")
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if anything was lost or duplicated"
@@ -668,14 +760,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     if arguments.worker:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-        asyncio.run(serve(arguments.database, arguments.queue))
+        asyncio.run(
+            serve(
+                arguments.database,
+                arguments.queue,
+                int(arguments.partitions),
+                arguments.partition_prefetch,
+            )
+        )
         return 0
     orders = 50 if arguments.quick else arguments.orders
     worker_counts = [1, 2] if arguments.quick else [int(n) for n in arguments.workers.split(",")]
     amqp = arguments.amqp or os.environ.get("AMQP_URL") or DEFAULT_AMQP_URL
     logging.getLogger("busflow").setLevel(logging.CRITICAL)
     with chosen_server(arguments.uri or os.environ.get("MONGODB_URI")) as server:
-        report = asyncio.run(measure(server, amqp, orders, worker_counts))
+        partition_counts = [int(n) for n in arguments.partitions.split(",")]
+        report = asyncio.run(
+            measure(
+                server, amqp, orders, worker_counts, partition_counts, arguments.partition_prefetch
+            )
+        )
     print_report(report)
     print(f"\nelapsed: {report['elapsed_s']} s")
     print(json.dumps(report, default=str, separators=(",", ":")))
