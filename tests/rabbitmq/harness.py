@@ -29,6 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 MESSAGE_NAMES = (OrderPlaced.message_name, ItemAdded.message_name, OrderCompleted.message_name)
 READY_WITHIN = 30.0
 STOP_WITHIN = 20.0
+READ_WITHIN = 5.0
+"""How long the reader thread may take, once a worker has ended, to reach the end of what it
+printed."""
+COUNTED_WITHIN = 30.0
+"""How long an order's ``OrderCompleted`` may take to be counted once the order is complete:
+it leaves after the save that completes the order, and goes through the queue to a handler."""
 
 
 class Worker:
@@ -51,17 +57,28 @@ class Worker:
     async def printed(self, line: str, *, within: float) -> None:
         deadline = time.monotonic() + within
         while line not in self.lines:
-            if self.process.poll() is not None and line not in self.lines:
+            if self.process.poll() is not None:
+                await self._read_to_the_end()
+                if line in self.lines:
+                    return
                 raise AssertionError(f"the worker ended ({self.process.returncode}): {self.log}")
             assert time.monotonic() < deadline, f"the worker never printed {line!r}: {self.log}"
             await asyncio.sleep(0.02)
 
     async def ended(self, *, within: float) -> int:
+        """Its exit code, once it has ended and ``lines`` holds everything it printed."""
         deadline = time.monotonic() + within
         while self.process.poll() is None:
             assert time.monotonic() < deadline, f"the worker still runs after {within} s"
             await asyncio.sleep(0.02)
+        await self._read_to_the_end()
         return self.process.returncode
+
+    async def _read_to_the_end(self) -> None:
+        """Wait for the reader thread to reach the end of the ended process's stdout: a line
+        printed just before the end may still be on its way to ``lines``."""
+        await asyncio.to_thread(self._reader.join, READ_WITHIN)
+        assert not self._reader.is_alive(), f"stdout still open {READ_WITHIN} s after the end"
 
     @property
     def conflicts(self) -> int:
@@ -199,15 +216,17 @@ class Cluster:
             await until(lambda: _count(database, {STATUS_FIELD: "complete"}), orders, within=within)
 
     async def outcome(self) -> Outcome:
+        """What the database holds, once every complete order's ``OrderCompleted`` has been
+        counted, or ``COUNTED_WITHIN`` has passed: its handler runs only after the save that
+        completed the order, so a read in between would count it as lost."""
+        deadline = time.monotonic() + COUNTED_WITHIN
         async with self.database() as database:
-            collection = database[_collection()]
-            orders = {document["order_id"]: document async for document in collection.find()}
-            completions = Counter(
-                {
-                    document["_id"]: document["count"]
-                    async for document in database[COMPLETIONS].find()
-                }
-            )
+            while True:
+                orders, completions = await _orders_and_completions(database)
+                counted = Outcome(orders, completions, [])
+                if not counted.lost_completions or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
         async with DeadLetterQueue(self.amqp_url, queue=self.name) as dead_letters:
             return Outcome(orders, completions, await dead_letters.list())
 
@@ -255,6 +274,17 @@ class _Database:
 
 def _collection() -> str:
     return MongoPersistence("mongodb://127.0.0.1/").collection_name(OrderState)
+
+
+async def _orders_and_completions(
+    database: Any,
+) -> tuple[dict[str, dict[str, Any]], Counter[str]]:
+    collection = database[_collection()]
+    orders = {document["order_id"]: document async for document in collection.find()}
+    completions = Counter(
+        {document["_id"]: document["count"] async for document in database[COMPLETIONS].find()}
+    )
+    return orders, completions
 
 
 async def _count(database: Any, query: dict[str, Any]) -> int:
