@@ -187,29 +187,33 @@ class Cluster:
             self.amqp_url, queue=self.name, prefix=self.name, partitions=self.partitions
         )
 
-    async def place_orders(self, orders: int, items: int, *, first_wave: int = 0) -> None:
+    async def place_orders(
+        self, orders: int, items: int, *, first_wave: int = 0, first: int = 0
+    ) -> None:
         """Start ``orders`` orders; once every one has started, send all their items at once,
         each order's one after another, so that the workers race on every order.
 
         With ``first_wave``, items ``0`` to ``first_wave - 1`` go first, and the others only
-        once those are in every order: until then no order can complete.
+        once those are in every order: until then no order can complete. The orders are
+        ``order-<first>`` onwards, and the database is expected to hold ``first`` before them.
         """
         driver = Bus.configure().with_transport(self.transport()).build()
         async with driver, self.database() as database:
             await _all_at_once(
                 driver.publish(OrderPlaced(order_id=f"order-{n}", items=items))
-                for n in range(orders)
+                for n in range(first, first + orders)
             )
-            await until(lambda: _count(database, {}), orders, within=60)
+            await until(lambda: _count(database, {}), first + orders, within=60)
             for wave in (
                 (range(first_wave), range(first_wave, items)) if first_wave else [range(items)]
             ):
                 await _all_at_once(
                     driver.publish(ItemAdded(order_id=f"order-{n}", item=f"item-{i}"))
-                    for n in range(orders)
+                    for n in range(first, first + orders)
                     for i in wave
                 )
-                await until(lambda: _items(database), orders * wave.stop, within=120)
+                expected = first * items + orders * wave.stop
+                await until(lambda: _items(database), expected, within=120)
 
     async def until_complete(self, orders: int, *, within: float) -> None:
         async with self.database() as database:

@@ -13,7 +13,7 @@ import aio_pika
 import pytest
 
 from tests.conftest import RabbitMQServer, WireServer
-from tests.rabbitmq.harness import Cluster
+from tests.rabbitmq.harness import Cluster, Worker
 from tests.rabbitmq.saga import ItemAdded
 
 pytestmark = pytest.mark.timeout(300)
@@ -170,17 +170,42 @@ async def test_a_worker_killed_at_a_kill_point_leaves_no_duplicate_effect_nor_lo
         "--concurrency", "1", "--kill-at", point, "--kill-after", str(after)
     )
     await cluster.start_worker()
-    # Three items of every order first, the last two only once those are in: the kill comes
-    # while orders are running (or, at save-then-dispatch, as one completes), and what the
-    # dead worker left unacknowledged is handled again before its order can complete.
-    placing = asyncio.create_task(cluster.place_orders(60, items=5, first_wave=3))
+    placed = await place_until_killed(cluster, doomed)
     assert await doomed.ended(within=120) == -signal.SIGKILL
     assert f"killed at {point}" in doomed.lines
     await cluster.start_worker()
-    await placing
-    await cluster.until_complete(60, within=120)
+    await cluster.until_complete(placed, within=120)
     outcome = await cluster.outcome()
     assert outcome.wrong_orders(items=5) == []
     assert outcome.dead_letters == []
     assert outcome.duplicate_effects == {}
     assert outcome.lost_completions == []
+
+
+async def place_until_killed(cluster: Cluster, doomed: Worker, *, waves: int = 4) -> int:
+    """Place 60 orders at a time until the doomed worker has died at its kill point; return
+    how many orders were placed.
+
+    Three items of every order first, the last two only once those are in: the kill comes
+    while orders are running (or, at save-then-dispatch, as one completes), and what the
+    dead worker left unacknowledged is handled again before its order can complete. On a
+    loaded machine the other worker may take so large a share that the doomed one reaches
+    its point less often than asked within one wave: then another wave follows.
+    """
+    died = asyncio.create_task(doomed.ended(within=300))
+    try:
+        for wave in range(waves):
+            placing = asyncio.create_task(
+                cluster.place_orders(60, items=5, first_wave=3, first=60 * wave)
+            )
+            await asyncio.wait({placing, died}, return_when=asyncio.FIRST_COMPLETED)
+            await placing
+            if not died.done():
+                await cluster.until_complete(60 * (wave + 1), within=120)
+                # The doomed worker's last message may have been its point.
+                await asyncio.wait({died}, timeout=0.5)
+            if died.done():
+                return 60 * (wave + 1)
+    finally:
+        died.cancel()
+    raise AssertionError(f"the doomed worker never reached its kill point in {waves} waves")
