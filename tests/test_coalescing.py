@@ -3,7 +3,7 @@ every exactly-once rule kept, and one message at a time again after a failure.""
 
 from __future__ import annotations
 
-from busflow import Bus, InMemoryPersistence
+from busflow import Bus, BusflowError, InMemoryPersistence, MemoryTransport, TransportMessage
 from tests.counters import (
     Bump,
     BumpTag,
@@ -24,6 +24,7 @@ def counter_bus(
     coalescing: bool = True,
     reports: list[Reported] | None = None,
     persistence: InMemoryPersistence | None = None,
+    transport: MemoryTransport | None = None,
 ) -> Bus:
     persistence = persistence or InMemoryPersistence()
     if unique:
@@ -34,6 +35,7 @@ def counter_bus(
         .with_workflow(CounterWorkflow)
         .with_concurrency(BUMPS)
         .with_coalescing(coalescing)
+        .with_transport(transport or MemoryTransport())
     )
     return reporting_to(configuration, reports).build()
 
@@ -102,6 +104,43 @@ async def test_a_failure_in_a_batch_undoes_it_and_each_message_runs_on_its_own()
     assert dead.attempts == 1
     assert len(state.seen) == 4
     assert state.workflow_applied[1:] == state.seen
+
+
+class PublishFailedError(BusflowError):
+    retryable = True
+
+
+class FirstReportFails(MemoryTransport):
+    """The memory transport, refusing the first ``Reported`` it is asked to publish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = 0
+
+    async def publish(self, message: TransportMessage) -> None:
+        if message.name == Reported.message_name and not self.refused:
+            self.refused += 1
+            raise PublishFailedError("the broker is away")
+        await super().publish(message)
+
+
+async def test_a_batch_saved_but_not_all_sent_sends_the_rest_and_settles_every_message() -> None:
+    reports: list[Reported] = []
+    transport = FirstReportFails()
+    bus = counter_bus(reports=reports, transport=transport)
+    async with bus:
+        await started(bus)
+        await bus.publish(Bump(key="k", pause=0.05))
+        for _ in range(3):
+            await bus.publish(Report(key="k"))
+        await bus.wait_until_idle(timeout=10)
+        state = await counter(bus)
+
+    assert transport.refused == 1
+    assert bus.metrics.coalesced > 0
+    assert sorted(report.count for report in reports) == [1, 1, 1]
+    assert state.count == 1
+    assert bus.dead_letters == []
 
 
 async def test_a_conflict_in_a_batch_loses_nothing() -> None:

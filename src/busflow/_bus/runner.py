@@ -468,7 +468,13 @@ class WorkflowRunner:
         if stored is not None:
             self._cache.put(stored)
         outgoing = [each for run in runs for each in run.outgoing]
-        await self._outbox.dispatch(outgoing, updated)
+        try:
+            await self._outbox.dispatch(outgoing, updated)
+        except BaseException:
+            # Saved, but not all sent: each run taken into the batch runs again on its own,
+            # finds its message applied, and sends what it saved (as a redelivery would).
+            self._put_back(updated, taken)
+            raise
         self._outbox.clear_later(updated, [each.message.message_id for each in outgoing])
         for queued in taken:
             await self._settle_taken(queued, updated.workflow_id)
