@@ -101,20 +101,20 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 class OrderPlaced(Message):
     message_name = "bench.OrderPlaced"
-    partition_key = "order_id"
+    partition_by = "order_id"
     order_id: str
 
 
 class ItemAdded(Message):
     message_name = "bench.ItemAdded"
-    partition_key = "order_id"
+    partition_by = "order_id"
     order_id: str
     item: str
 
 
 class OrderCompleted(Message):
     message_name = "bench.OrderCompleted"
-    partition_key = "order_id"
+    partition_by = "order_id"
     order_id: str
 
 

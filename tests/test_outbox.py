@@ -30,7 +30,7 @@ class Nudge(Message):
 
 
 class Notice(Message):
-    partition_key = "key"
+    partition_by = "key"
     key: str
     text: str
 

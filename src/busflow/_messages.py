@@ -25,12 +25,12 @@ class Message(BaseModel):
     """
 
     message_name: ClassVar[str] = "busflow.Message"
-    partition_key: ClassVar[str | None] = None
-    """The field whose value keeps related messages together: on a partitioned transport
-    (``RabbitMQTransport(..., partitions=16)``) every message with one value goes to one
-    partition, and so to the same process while it keeps up. Name the field that finds the
-    message's workflow (``"order_id"``), on every message type of that workflow. ``None``,
-    the default: no partition; the message goes to whichever process is free."""
+    partition_by: ClassVar[str | None] = None
+    """The name of the field whose value keeps related messages together: on a partitioned
+    transport (``RabbitMQTransport(..., partitions=16)``) every message with one value goes
+    to one partition, and so to the same process while it keeps up. Name the field that
+    finds the message's workflow (``"order_id"``), on every message type of that workflow.
+    ``None``, the default: no partition; the message goes to whichever process is free."""
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -42,12 +42,19 @@ class Message(BaseModel):
             raise ConfigurationError(
                 f"{cls.__qualname__}.message_name must be a non-empty string, not {name!r}"
             )
-        key = cls.partition_key
+        key = cls.partition_by
         if key is not None and key not in cls.model_fields:
             raise ConfigurationError(
-                f"{cls.__qualname__}.partition_key is {key!r}, which is not one of its fields "
-                f"({', '.join(cls.model_fields) or 'it has none'})"
+                f"{cls.__qualname__}.partition_by is {key!r}, which is not the name of one of "
+                f"its fields ({', '.join(cls.model_fields) or 'it has none'}; a field's name, "
+                "not its alias)"
             )
+        for reserved in ("message_name", "partition_by"):
+            if reserved in cls.model_fields:
+                raise ConfigurationError(
+                    f"{cls.__qualname__} has a field named {reserved!r}, which Message keeps "
+                    "for itself; rename the field (an alias keeps its name on the wire)"
+                )
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class TransportMessage(NamedTuple):
     """Handlers that already finished with this message on an earlier attempt; a retry skips
     them, so that one handler's failure does not repeat another's effects."""
     partition_key: str | None = None
-    """The value of the message's ``Message.partition_key`` field: a partitioned transport
+    """The value of the message's ``Message.partition_by`` field: a partitioned transport
     sends every message with one value to one partition. ``None``: no partition."""
 
 

@@ -67,7 +67,7 @@ class OutboxMessage(BaseModel):
     publish: bool = False
     """Published as an event, rather than sent as a command."""
     partition_key: str | None = None
-    """The value of the message's ``partition_key`` field, for a partitioned transport."""
+    """The value of the message's ``partition_by`` field, for a partitioned transport."""
     origin: str | None = None
     """The id of the message whose handling sent it."""
     deliver_at: datetime | None = None

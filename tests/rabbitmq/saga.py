@@ -30,21 +30,21 @@ COMPLETIONS = "completions"
 
 class OrderPlaced(Message):
     message_name = "busflow-test.OrderPlaced"
-    partition_key = "order_id"
+    partition_by = "order_id"
     order_id: str
     items: int
 
 
 class ItemAdded(Message):
     message_name = "busflow-test.ItemAdded"
-    partition_key = "order_id"
+    partition_by = "order_id"
     order_id: str
     item: str
 
 
 class OrderCompleted(Message):
     message_name = "busflow-test.OrderCompleted"
-    partition_key = "order_id"
+    partition_by = "order_id"
     order_id: str
 
 

@@ -182,9 +182,12 @@ def _location(error: ValidationError) -> str:
 
 
 def _partition_value(message: Message) -> str | None:
-    """The value of the message's ``partition_key`` field as text, or ``None``."""
-    key = message.partition_key
+    """The value of the message's ``partition_by`` field as it is on the wire (an enum by its
+    value, a number as JSON writes it), as text; ``None`` without one."""
+    key = type(message).partition_by
     if key is None:
         return None
-    value = getattr(message, key)
-    return None if value is None else str(value)
+    value = message.__pydantic_serializer__.to_python(message, mode="json", include={key})[key]
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)

@@ -34,13 +34,13 @@ DISPOSE_MARGIN = 1.5
 
 class Opened(Message):
     message_name = "busflow-contract.Opened"
-    partition_key = "account"
+    partition_by = "account"
     account: str
 
 
 class Deposited(Message):
     message_name = "busflow-contract.Deposited"
-    partition_key = "account"
+    partition_by = "account"
     account: str
     seq: int
 
@@ -54,7 +54,7 @@ class Noted(Message):
 
 class Check(Message):
     message_name = "busflow-contract.Check"
-    partition_key = "account"
+    partition_by = "account"
     account: str
 
 
@@ -65,13 +65,13 @@ class Checked(Message):
 
 class Close(Message):
     message_name = "busflow-contract.Close"
-    partition_key = "account"
+    partition_by = "account"
     account: str
 
 
 class Job(Message):
     message_name = "busflow-contract.Job"
-    partition_key = "key"
+    partition_by = "key"
     key: str
 
 
