@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+import enum
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
+from typing import ClassVar
 
 import aio_pika
 import pytest
 
-from busflow import Bus, ConfigurationError, Message, MessageAttributes, TransportMessage
+from busflow import (
+    Bus,
+    ConfigurationError,
+    MemoryTransport,
+    Message,
+    MessageAttributes,
+    TransportMessage,
+)
 from busflow import Subscription as BusSubscription
 from busflow.rabbitmq import RabbitMQTopologyError, RabbitMQTransport
 from busflow.rabbitmq._topology import BUCKETS, Topology, bucket_of
@@ -18,7 +32,7 @@ from tests.rabbitmq.conftest import Endpoint, eventually, message_count
 
 class Keyed(Message):
     message_name = "busflow-test.Keyed"
-    partition_key = "key"
+    partition_by: ClassVar[str | None] = "key"
     key: str
     n: int
 
@@ -56,7 +70,8 @@ def test_every_bucket_goes_to_one_partition_queue_and_no_key_to_the_endpoint_que
 
 def test_a_partition_key_hashes_to_the_same_bucket_everywhere() -> None:
     assert bucket_of(None) == ""
-    assert bucket_of("order-1") == bucket_of("order-1")
+    # Pinned: a sender in another process, version or language must agree.
+    assert (bucket_of("order-1"), bucket_of("1"), bucket_of("Zürich")) == ("48", "e4", "9e")
     assert len({bucket_of(f"order-{n}") for n in range(2000)}) == BUCKETS
 
 
@@ -67,11 +82,66 @@ def test_partitions_outside_0_to_256_are_refused(partitions: object) -> None:
 
 
 def test_a_partition_key_that_is_not_a_field_is_refused_when_the_class_is_made() -> None:
-    with pytest.raises(ConfigurationError, match=r"Bad.partition_key is 'order'"):
+    with pytest.raises(ConfigurationError, match=r"Bad.partition_by is 'order'"):
 
         class Bad(Message):
-            partition_key = "order"
+            partition_by = "order"
             order_id: str
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Typed(Message):
+    partition_by = "value"
+    value: int | uuid.UUID | Color | None
+
+
+class Inherits(Keyed):
+    pass
+
+
+class Unpartitioned(Keyed):
+    partition_by: ClassVar[str | None] = None
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (Typed(value=7), "7"),
+        (Typed(value=uuid.UUID(int=1)), "00000000-0000-0000-0000-000000000001"),
+        (Typed(value=Color.RED), "red"),
+        (Typed(value=None), None),
+        (Keyed(key="Zürich", n=1), "Zürich"),
+        (Inherits(key="k", n=1), "k"),
+        (Unpartitioned(key="k", n=1), None),
+        (Unkeyed(n=1), None),
+    ],
+)
+async def test_the_partition_key_is_the_field_as_it_is_on_the_wire(
+    message: Message, expected: str | None
+) -> None:
+    published: list[TransportMessage] = []
+
+    class Kept(MemoryTransport):
+        async def publish(self, message: TransportMessage) -> None:
+            published.append(message)
+
+    async with Bus.configure().with_transport(Kept()).build() as bus:
+        await bus.publish(message)
+    [sent] = published
+    assert sent.partition_key == expected
+
+
+def test_a_field_named_as_what_message_keeps_for_itself_is_refused() -> None:
+    with (
+        pytest.warns(UserWarning, match="shadows an attribute"),  # pydantic's own
+        pytest.raises(ConfigurationError, match="has a field named 'partition_by'"),
+    ):
+
+        class Clash(Message):
+            partition_by: str  # type: ignore[misc]
 
 
 async def test_a_message_travels_with_its_partition_key_and_is_routed_by_its_bucket(
@@ -136,35 +206,96 @@ async def test_when_a_process_stops_another_takes_its_partitions_and_nothing_is_
 ) -> None:
     endpoint.message_names.append(Keyed.message_name)
     handled: dict[int, list[int]] = {0: [], 1: []}
+    leaving_busy = asyncio.Event()
 
     def handler_of(process: int) -> Callable[[Keyed, MessageAttributes], Awaitable[None]]:
         async def handle(message: Keyed, attributes: MessageAttributes) -> None:
+            if process == 1:
+                leaving_busy.set()
+                await asyncio.sleep(0.05)  # slow: it holds prefetched messages when it stops
             handled[process].append(message.n)
 
         return handle
 
     staying = bus_on(endpoint.transport(partitions=16), handler_of(0))
-    leaving = bus_on(endpoint.transport(partitions=16), handler_of(1))
+    leaving = (
+        Bus.configure()
+        .with_transport(endpoint.transport(partitions=16))
+        .with_handler(Keyed, handler_of(1))
+        .with_dispose_timeout(0.2)
+        .build()
+    )
     driver = Bus.configure().with_transport(endpoint.transport(queue=f"{endpoint.name}-d")).build()
     async with staying, driver:
-        async with leaving:
-            for n in range(100):
-                await driver.send(Keyed(key=f"k-{n % 50}", n=n))
-
-            async def first_half() -> bool:
-                return len(handled[0]) + len(handled[1]) == 100
-
-            await eventually(first_half, within=30)
-        assert handled[1], "the leaving process had no partition"
-        for n in range(100, 200):
+        await leaving.start()
+        for n in range(200):
             await driver.send(Keyed(key=f"k-{n % 50}", n=n))
+        await asyncio.wait_for(leaving_busy.wait(), 10)
+        await leaving.dispose()  # what it held unacknowledged goes back to the broker
 
-        async def second_half() -> bool:
-            return len(handled[0]) + len(handled[1]) == 200
+        async def all_handled() -> bool:
+            return set(handled[0]) | set(handled[1]) == set(range(200))
 
-        await eventually(second_half, within=30)
-    assert sorted(handled[0] + handled[1]) == list(range(200))
-    assert sorted(handled[0])[-100:] == list(range(100, 200))
+        await eventually(all_handled, within=30)
+    assert handled[1], "the leaving process had no partition"
+    assert set(handled[0]) | set(handled[1]) == set(range(200))
+
+
+# reconnections
+
+
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+    return done.stdout.decode()
+
+
+async def drop_connection(transport: RabbitMQTransport) -> None:
+    """Have the broker close the transport's connection, as a network failure would."""
+    if os.environ.get("AMQP_URL") or shutil.which("rabbitmqctl") is None:
+        pytest.skip("needs rabbitmqctl for the local broker, to close a connection")
+    port = transport._sockets._socket.getsockname()[1]  # type: ignore[union-attr]
+    listing = await asyncio.to_thread(rabbitmqctl, "list_connections", "-q", "pid", "peer_port")
+    [pid] = [line.split()[0] for line in listing.splitlines() if line.split()[1:] == [str(port)]]
+    await asyncio.to_thread(rabbitmqctl, "close_connection", pid, "busflow test")
+
+    async def back() -> bool:
+        return transport.tcp_nodelay is not None and (
+            transport._sockets._socket.getsockname()[1] != port  # type: ignore[union-attr]
+        )
+
+    await eventually(back, within=20)
+    await asyncio.sleep(0.5)  # the channels restored, and their callbacks run
+
+
+async def test_a_process_without_partitions_that_reconnects_does_not_bind_its_queue_again(
+    endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    subscription = BusSubscription(frozenset({Keyed.message_name}), prefetch=10)
+    plain = endpoint.transport()
+    await plain.start(subscription)
+    partitioned = endpoint.transport(partitions=4)
+    await partitioned.start(subscription)
+    await drop_connection(plain)
+
+    received = await arrivals(endpoint, [plain, partitioned])
+
+    assert set(received.values()) == {1}
+    assert f"queue {endpoint.name} was partitioned while this process was reconnecting" in (
+        caplog.text
+    )
+
+
+async def test_a_partitioned_process_that_reconnects_consumes_its_partitions_again(
+    endpoint: Endpoint,
+) -> None:
+    subscription = BusSubscription(frozenset({Keyed.message_name}), prefetch=10)
+    partitioned = endpoint.transport(partitions=4)
+    await partitioned.start(subscription)
+    await drop_connection(partitioned)
+
+    received = await arrivals(endpoint, [partitioned])
+
+    assert set(received.values()) == {1}
 
 
 # refusals
@@ -185,13 +316,68 @@ async def test_a_process_without_partitions_is_refused_on_a_partitioned_endpoint
     assert "\n" not in message
 
 
-async def test_processes_started_together_on_a_new_endpoint_all_start(
+async def arrivals(endpoint: Endpoint, transports: list[RabbitMQTransport]) -> Counter[int]:
+    """Send 100 keyed messages; how many times each arrived at ``transports``, started."""
+    received: Counter[int] = Counter()
+
+    async def receive(transport: RabbitMQTransport) -> None:
+        while True:
+            delivery = await transport.receive()
+            received[json.loads(delivery.message.body)["n"]] += 1
+            await transport.complete(delivery)
+
+    receivers = [asyncio.create_task(receive(transport)) for transport in transports]
+    sender = endpoint.transport(queue=f"{endpoint.name}-d")
+    await sender.start(BusSubscription(frozenset(), prefetch=1))
+    for n in range(100):
+        await sender.send(
+            TransportMessage(
+                Keyed.message_name, f"m-{n}", f'{{"n":{n}}}'.encode(), partition_key=f"k-{n}"
+            )
+        )
+
+    async def all_in() -> bool:
+        return len(received) == 100
+
+    await eventually(all_in, within=20)
+    await asyncio.sleep(0.3)  # a copy would arrive about now
+    for receiver in receivers:
+        receiver.cancel()
+    return received
+
+
+async def test_processes_started_together_on_a_new_endpoint_all_start_and_receive_once(
     endpoint: Endpoint,
 ) -> None:
-    subscription = BusSubscription(frozenset({Keyed.message_name}), prefetch=1)
+    subscription = BusSubscription(frozenset({Keyed.message_name}), prefetch=10)
     transports = [endpoint.transport(partitions=16) for _ in range(4)]
     await asyncio.gather(*(transport.start(subscription) for transport in transports))
-    assert all(transport.queue_type == "quorum" for transport in transports)
+    received = await arrivals(endpoint, transports)
+    assert set(received.values()) == {1}
+
+
+@pytest.mark.parametrize("layouts", [(16, 8), (0, 8)], ids=["16-and-8", "0-and-8"])
+async def test_processes_of_two_layouts_started_together_never_both_receive_a_message(
+    endpoint: Endpoint, layouts: tuple[int, int]
+) -> None:
+    """Two numbers of partitions: one is refused. None and some: either the partitioned
+    ones are first, and the others are refused, or the others are, and the partitioned ones
+    take the endpoint over (as when an endpoint is made partitioned). Never a copy."""
+    subscription = BusSubscription(frozenset({Keyed.message_name}), prefetch=10)
+    transports = [endpoint.transport(partitions=n) for n in layouts for _ in range(2)]
+    outcomes = await asyncio.gather(
+        *(transport.start(subscription) for transport in transports), return_exceptions=True
+    )
+    started = [t for t, outcome in zip(transports, outcomes, strict=True) if outcome is None]
+    refused = [outcome for outcome in outcomes if outcome is not None]
+    assert all(isinstance(each, RabbitMQTopologyError) for each in refused), refused
+    if 0 not in layouts:
+        assert len({t.topology.partitions for t in started}) == 1, outcomes
+    received = await arrivals(endpoint, started)
+    assert set(received.values()) == {1}
+    endpoint.transports.extend(
+        RabbitMQTransport(endpoint.url, queue=endpoint.name, partitions=n) for n in layouts
+    )
 
 
 @pytest.mark.parametrize("other", [2, 6])

@@ -157,6 +157,7 @@ def rabbitmqctl(*args: str) -> None:
         ("save-then-dispatch", 3, 0),
         ("dispatch-then-ack", 10, 0),
         ("during-handler", 10, 0),
+        ("save-then-dispatch", 3, 8),
         ("dispatch-then-ack", 10, 8),
     ],
 )

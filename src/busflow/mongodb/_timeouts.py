@@ -3,7 +3,7 @@
 One document per message, ``_id`` its message id, readable in the mongo shell::
 
     {_id, due_at, name, body, correlation_id, attributes, sticky_attributes, publish,
-     workflow_name, workflow_id, lease_owner, leased_until}
+     partition_key, workflow_name, workflow_id, lease_owner, leased_until}
 
 An index on ``due_at`` serves the poll, which is one ``findAndModify`` per message claimed
 (and one that finds nothing when none is due), however many are waiting.

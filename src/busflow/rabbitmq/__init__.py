@@ -11,7 +11,7 @@ under the prefix ``busflow``, a transport declares:
   whose messages expire back into the endpoint queue;
 - ``orders-service.dead-letter``: messages that failed for good, with why in their headers;
 - with ``partitions=N``, ``orders-service.partitions`` and ``orders-service.partition-0`` ...:
-  messages go to a partition by their ``Message.partition_key``, one process at a time.
+  messages go to a partition by their ``Message.partition_by``, one process at a time.
 """
 
 try:

@@ -101,9 +101,8 @@ def decode(amqp: AbstractMessage) -> tuple[TransportMessage, list[str]]:
     else:
         problems.append(f"its {COMPLETED_BY} header is not a list of handler names")
     partition_key = headers.get(PARTITION_KEY)
-    if partition_key is not None and not isinstance(partition_key, str):
-        problems.append(f"its {PARTITION_KEY} header is not text")
-        partition_key = None
+    if not isinstance(partition_key, str):
+        partition_key = None  # routing is done, and retries go through the endpoint queue
     message = TransportMessage(
         name=name,
         message_id=amqp.message_id or str(uuid.uuid4()),

@@ -60,8 +60,9 @@ BUCKETS = 256
 """How many buckets partition keys hash into: a partitioned endpoint has at most this many
 partitions."""
 PARTITIONS_ARGUMENT = "x-busflow-partitions"
-"""The partition exchange's argument that records how many partitions it feeds: a process
-started with another number is refused, since the bindings of both would copy messages."""
+"""The partition exchange's argument that records how many partitions it feeds, for
+operators to read. RabbitMQ does not compare it on a new declaration: what refuses a process
+with another number is the check of the partition queues (``busflow.rabbitmq._partitions``)."""
 
 
 def bucket_of(partition_key: str | None) -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import random
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any
 
 import aiormq
 from aio_pika import ExchangeType
@@ -15,7 +15,6 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractMessage,
-    AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
@@ -25,24 +24,26 @@ from busflow._logs import with_fields
 from busflow._transport import DeadLetter, Delivery, Subscription, TransportMessage
 from busflow._uri import hosts_of, redact_uri
 from busflow.rabbitmq._codec import decode, encode, encode_dead_letter
-from busflow.rabbitmq._connection import NoDelaySockets, check_url, connect, server_version
-from busflow.rabbitmq._errors import RabbitMQTopologyError
-from busflow.rabbitmq._publishing import declaring, publish
-from busflow.rabbitmq._topology import (
-    DEFAULT_RETRY_DELAYS,
-    PARTITIONS_ARGUMENT,
-    QueueType,
-    Topology,
-    bucket_of,
+from busflow.rabbitmq._connection import (
+    NoDelaySockets,
+    check_url,
+    connect,
+    reason_of,
+    server_version,
 )
+from busflow.rabbitmq._partitions import (
+    bind_endpoint_queue,
+    declare_partitions,
+    layout_lock,
+    refuse_another_layout,
+)
+from busflow.rabbitmq._publishing import declaring, publish
+from busflow.rabbitmq._topology import DEFAULT_RETRY_DELAYS, QueueType, Topology, bucket_of
 
 __all__ = ["RabbitMQTransport"]
 
 QUORUM_SINCE = (3, 8)
 """The first RabbitMQ version with quorum queues."""
-PRIORITY_RANGE = 1_000_000
-"""A process's consumer priority on each partition is drawn from 1 to this: wide enough
-that two processes almost never tie."""
 DECODE_ERROR = "busflow.MessageDecodeError"
 
 
@@ -58,22 +59,25 @@ class RabbitMQTransport:
 
     Messages are persistent and published with publisher confirms: ``send`` and
     ``publish`` return once the broker has them. The broker hands the bus as many
-    deliveries at once as the bus's concurrency, and a delivery is acknowledged only when
+    deliveries at once as the bus's concurrency (with partitions, up to
+    ``partition_prefetch`` more per partition), and a delivery is acknowledged only when
     the bus settles it; whatever a process had not settled when it died, the broker
     delivers again. A retry waits in a retry queue, holding no consumer. A message that the
     transport cannot read goes to the dead-letter queue at once.
 
     With ``partitions=N`` the endpoint keeps related messages together: a message goes to
-    one of N partition queues by the value of its ``Message.partition_key`` field, and
-    each partition is consumed by one process at a time (the one with the highest consumer
+    one of N partition queues by the value of its ``Message.partition_by`` field, and each
+    partition is consumed by one process at a time (the one with the highest consumer
     priority there, drawn at random per process; another takes over when it stops or has
     its prefetch full). So one workflow's messages reach the process that cached its state.
     Give every process of the endpoint the same ``partitions``: a process with a different
-    number is refused. A process holds up to ``partition_prefetch`` messages per partition
-    at once: the more, the less often a burst spills over to another process (which then
-    reads the state afresh), and the more messages wait in a process that stalls, until its
-    connection is given up and the broker delivers them to another.
-    Messages without a partition key, and retries, go through the endpoint queue.
+    number, or with none on a partitioned endpoint, is refused (processes lay the endpoint
+    out one at a time, holding the exclusive queue ``<queue>.layout-lock``). A process
+    holds up to ``partition_prefetch`` messages per partition at once: the more, the less
+    often a burst spills over to another process (which then reads the state afresh), and
+    the more messages wait in a process that stalls, until its connection is given up and
+    the broker delivers them to another. Messages without a partition key, and retries, go
+    through the endpoint queue.
 
     The connection reconnects by itself; a publish made while it is away waits up to
     ``publish_timeout`` seconds for it. The password in the URL is never logged.
@@ -127,7 +131,11 @@ class RabbitMQTransport:
         """The type of the endpoint's queues, once started."""
 
     def __repr__(self) -> str:
-        return f"RabbitMQTransport({redact_uri(self._url)!r}, queue={self.topology.queue!r})"
+        partitions = f", partitions={self.topology.partitions}" if self.topology.partitions else ""
+        return (
+            f"RabbitMQTransport({redact_uri(self._url)!r}, queue={self.topology.queue!r}"
+            f"{partitions})"
+        )
 
     @property
     def queue(self) -> str:
@@ -165,12 +173,13 @@ class RabbitMQTransport:
             await self.close()
             raise
         self._logger.info(
-            "RabbitMQ at %s: queue %s (%s) bound to %d message name(s), prefetch %d",
+            "RabbitMQ at %s: queue %s (%s) bound to %d message name(s), prefetch %d, partitions %d",
             self._hosts,
             self.topology.queue,
             self.queue_type,
             len(subscription.message_names),
             subscription.prefetch,
+            self.topology.partitions,
         )
 
     async def _declare_endpoint(self, subscription: Subscription) -> None:
@@ -196,96 +205,41 @@ class RabbitMQTransport:
             queue = await self._consumer.declare_queue(
                 topology.queue, durable=True, arguments=topology.queue_arguments(queue_type)
             )
-            if topology.partitions:
-                await self._declare_partitions(queue, exchanges)
-            else:
-                await self._refuse_if_partitioned()
-                for exchange in exchanges:
-                    await queue.bind(exchange)
+            async with layout_lock(self._connection, topology, self._hosts):
+                await refuse_another_layout(self._connection, topology, self._hosts)
+                if topology.partitions:
+                    self._partition_consumer = await declare_partitions(
+                        self._connection,
+                        topology,
+                        queue_type,
+                        endpoint_queue=queue,
+                        exchanges=exchanges,
+                        prefetch=self._partition_prefetch,
+                        on_delivery=self._on_delivery,
+                    )
+                else:
+                    for exchange in exchanges:
+                        # Not restored by the robust queue: after a reconnection the
+                        # endpoint may be partitioned (see _bind_again).
+                        await queue.bind(exchange, robust=False)
+                    names = [exchange.name for exchange in exchanges]
+                    self._consumer.reopen_callbacks.add(functools.partial(self._bind_again, names))
             await queue.consume(self._on_delivery)
 
-    async def _declare_partitions(
-        self, queue: AbstractQueue, exchanges: list[AbstractExchange]
-    ) -> None:
-        """The partition exchange and queues, bound in place of the endpoint queue; a
-        consumer on each partition queue, at a random priority."""
-        assert self._connection is not None
-        assert self.queue_type is not None
-        topology = self.topology
-        await self._refuse_other_partitions()
-        # A channel of their own, for a prefetch of their own.
-        self._partition_consumer = channel = await self._connection.channel(
-            publisher_confirms=False
-        )
-        await channel.set_qos(prefetch_count=self._partition_prefetch)
-        # The queues before the exchange: a process that finds the exchange finds them too.
-        queues = {topology.queue: queue}
-        for name in topology.partition_queues:
-            queues[name] = await channel.declare_queue(
-                name, durable=True, arguments=topology.queue_arguments(self.queue_type)
-            )
-        router = await channel.declare_exchange(
-            topology.partition_exchange,
-            ExchangeType.DIRECT,
-            durable=True,
-            arguments={PARTITIONS_ARGUMENT: topology.partitions},
-        )
-        for routing_key, name in topology.partition_bindings():
-            await queues[name].bind(router, routing_key=routing_key)
-        for exchange in exchanges:
-            await router.bind(exchange)
-            # After the partitions are bound, so that nothing published meanwhile is lost
-            # (what is published in between may arrive twice, once each way).
-            await queue.unbind(exchange)
-        for name in topology.partition_queues:
-            priority = random.randint(1, PRIORITY_RANGE)  # noqa: S311 - spreads, not secret
-            await queues[name].consume(self._on_delivery, arguments={"x-priority": priority})
-
-    async def _refuse_other_partitions(self) -> None:
-        """An endpoint partitioned into another number of partitions: the bindings of both
-        would copy messages."""
-        topology = self.topology
-        partitions = topology.partitions
-        if await self._exists("exchange", topology.partition_exchange) and (
-            not await self._exists("queue", f"{topology.queue}.partition-{partitions - 1}")
-            or await self._exists("queue", f"{topology.queue}.partition-{partitions}")
-        ):
-            raise RabbitMQTopologyError(
-                f"RabbitMQ at {self._hosts}: queue {topology.queue!r} is partitioned already, "
-                f"into another number of partitions than {partitions} (see its queues "
-                f"'{topology.queue}.partition-<n>'); start every process of the endpoint with "
-                "the same partitions. Nothing was changed"
-            )
-
-    async def _refuse_if_partitioned(self) -> None:
-        """An endpoint whose queue was partitioned: its messages go to the partition queues,
-        which a process without partitions would never read."""
-        topology = self.topology
-        if await self._exists("exchange", topology.partition_exchange):
-            raise RabbitMQTopologyError(
-                f"RabbitMQ at {self._hosts}: queue {topology.queue!r} is partitioned "
-                f"(exchange {topology.partition_exchange!r} routes its messages to partition "
-                "queues), and this transport has partitions=0; start it with the endpoint's "
-                "partitions, or, to stop partitioning, stop every process, let the partition "
-                "queues drain, and delete that exchange. Nothing was changed"
-            )
-
-    async def _exists(self, kind: Literal["exchange", "queue"], name: str) -> bool:
-        """Whether the broker has it, asked on a channel of its own: asking for one that
-        does not exist closes the channel."""
-        assert self._connection is not None
-        probe = await self._connection.channel(publisher_confirms=False)
+    async def _bind_again(self, exchanges: list[str], *_: Any) -> None:
+        connection = self._connection
+        if connection is None:
+            return
         try:
-            if kind == "exchange":
-                await probe.declare_exchange(name, passive=True)
-            else:
-                await probe.declare_queue(name, passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return False
-        finally:
-            if not probe.is_closed:
-                await probe.close()
-        return True
+            await bind_endpoint_queue(
+                connection, self.topology, self._hosts, exchanges, self._logger
+            )
+        except Exception as error:  # the next reconnection tries again
+            self._logger.error(
+                "queue %s: binding it again after a reconnection failed: %s",
+                self.topology.queue,
+                reason_of(error),
+            )
 
     async def close(self) -> None:
         """Close the connection: the broker takes back every delivery not settled."""
