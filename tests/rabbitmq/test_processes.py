@@ -122,9 +122,11 @@ async def test_a_poison_message_is_dead_lettered_and_the_workers_carry_on(
 
 
 @pytest.mark.broker_restart
+@pytest.mark.parametrize("partitions", [0, 8])
 async def test_workers_reconnect_after_a_broker_restart_and_nothing_is_lost(
-    cluster: Cluster,
+    cluster: Cluster, partitions: int
 ) -> None:
+    cluster.partitions = partitions
     workers = await cluster.start_workers(2)
     placing = asyncio.create_task(cluster.place_orders(100, items=5))
     await cluster.until_complete(10, within=120)
