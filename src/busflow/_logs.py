@@ -12,9 +12,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 from pydantic import ValidationError
 
@@ -45,21 +44,31 @@ class LogFields:
 LOG_FIELDS = tuple(field.name for field in fields(LogFields))
 """The names of the attributes every busflow log record carries."""
 
-_current: contextvars.ContextVar[LogFields] = contextvars.ContextVar(
+_current: contextvars.ContextVar[dict[str, str | None]] = contextvars.ContextVar(
     "busflow_log_fields",
-    default=LogFields(),  # noqa: B039 - frozen, so never changed in place
+    default={},  # noqa: B039 - never changed in place: each block sets a new dict
 )
 
 
-@contextmanager
-def logged_with(**changes: str | None) -> Iterator[None]:
+class _LoggedWith:
+    """The block of ``logged_with``: a plain class, since it is entered for every message."""
+
+    __slots__ = ("_changes", "_token")
+
+    def __init__(self, changes: dict[str, str | None]) -> None:
+        self._changes = changes
+
+    def __enter__(self) -> None:
+        self._token = _current.set({**_current.get(), **self._changes})
+
+    def __exit__(self, *_: object) -> None:
+        _current.reset(self._token)
+
+
+def logged_with(**changes: str | None) -> _LoggedWith:
     """Within this block, busflow's log records carry these fields (and the others as they
     were)."""
-    token = _current.set(replace(_current.get(), **changes))
-    try:
-        yield
-    finally:
-        _current.reset(token)
+    return _LoggedWith(changes)
 
 
 class _AddFields(logging.Filter):
@@ -69,7 +78,7 @@ class _AddFields(logging.Filter):
         current = _current.get()
         for name in LOG_FIELDS:
             if name not in record.__dict__:
-                setattr(record, name, getattr(current, name))
+                setattr(record, name, current.get(name))
         return True
 
 
@@ -94,25 +103,37 @@ def with_log_fields(
     return make
 
 
-@contextmanager
-def timed(logger: logging.Logger, handler: str, message_name: str) -> Iterator[None]:
-    """Log a handler's start and its finish, with its duration (``duration_ms``), at DEBUG."""
-    logger.debug("%s started on %s", handler, message_name)
-    started = time.perf_counter()
-    outcome = "failed"
-    try:
-        yield
-        outcome = "finished"
-    finally:
-        duration_ms = (time.perf_counter() - started) * 1000
-        logger.debug(
+class _Timed:
+    """The block of ``timed``: a plain class, since it is entered for every handler run."""
+
+    __slots__ = ("_handler", "_logger", "_message_name", "_started")
+
+    def __init__(self, logger: logging.Logger, handler: str, message_name: str) -> None:
+        self._logger, self._handler, self._message_name = logger, handler, message_name
+        self._started: float | None = None
+
+    def __enter__(self) -> None:
+        if self._logger.isEnabledFor(logging.DEBUG):
+            self._logger.debug("%s started on %s", self._handler, self._message_name)
+            self._started = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if self._started is None:
+            return
+        duration_ms = (time.perf_counter() - self._started) * 1000
+        self._logger.debug(
             "%s %s on %s in %.3f ms",
-            handler,
-            outcome,
-            message_name,
+            self._handler,
+            "failed" if kind is not None else "finished",
+            self._message_name,
             duration_ms,
             extra={"duration_ms": duration_ms},
         )
+
+
+def timed(logger: logging.Logger, handler: str, message_name: str) -> _Timed:
+    """Log a handler's start and its finish, with its duration (``duration_ms``), at DEBUG."""
+    return _Timed(logger, handler, message_name)
 
 
 def error_for_log(error: BaseException, *, values: bool) -> str:
