@@ -57,6 +57,20 @@ def _raw(connection: AbstractRobustConnection) -> aiormq.abc.AbstractConnection:
 
 
 @contextlib.asynccontextmanager
+async def _plain_channel(
+    connection: AbstractRobustConnection,
+) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+    """A channel of the connection that aio-pika does not reopen (the broker closes one
+    after a 404), closed after the block."""
+    channel = await _raw(connection).channel()
+    try:
+        yield channel
+    finally:
+        with contextlib.suppress(Exception):  # closed already, or the connection is gone
+            await channel.close()
+
+
+@contextlib.asynccontextmanager
 async def layout_lock(
     connection: AbstractRobustConnection, topology: Topology, hosts: str
 ) -> AsyncIterator[None]:
@@ -88,17 +102,15 @@ async def _exists(
     connection: AbstractRobustConnection, kind: Literal["exchange", "queue"], name: str
 ) -> bool:
     """Whether the broker has it, asked on a plain channel of its own: asking for one that
-    does not exist closes the channel (a robust one would open again)."""
-    channel = await _raw(connection).channel()
-    try:
-        if kind == "exchange":
-            await channel.exchange_declare(name, passive=True)
-        else:
-            await channel.queue_declare(name, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        return False
-    with contextlib.suppress(Exception):
-        await channel.close()
+    does not exist closes the channel."""
+    async with _plain_channel(connection) as channel:
+        try:
+            if kind == "exchange":
+                await channel.exchange_declare(name, passive=True)
+            else:
+                await channel.queue_declare(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
     return True
 
 
@@ -148,13 +160,9 @@ async def bind_endpoint_queue(
                 topology.queue,
             )
             return
-        channel = await _raw(connection).channel()
-        try:
+        async with _plain_channel(connection) as channel:
             for exchange in exchanges:
                 await channel.queue_bind(topology.queue, exchange, routing_key=topology.queue)
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
 
 
 async def declare_partitions(
@@ -210,11 +218,7 @@ async def declare_partitions(
 async def _unbind_endpoint_queue(
     connection: AbstractRobustConnection, topology: Topology, exchanges: Sequence[str]
 ) -> None:
-    channel = await _raw(connection).channel()
-    try:
+    async with _plain_channel(connection) as channel:
         for exchange in exchanges:
             # The routing key that aio-pika binds a queue with by default: its name.
             await channel.queue_unbind(topology.queue, exchange, routing_key=topology.queue)
-    finally:
-        with contextlib.suppress(Exception):
-            await channel.close()
