@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -72,6 +73,12 @@ async def channel(rabbitmq: RabbitMQServer) -> AsyncIterator[aio_pika.abc.Abstra
         yield await connection.channel()
     finally:
         await connection.close()
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl`` on the local broker; what it printed."""
+    done = subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+    return done.stdout.decode()
 
 
 async def message_count(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:

@@ -7,7 +7,6 @@ import enum
 import json
 import os
 import shutil
-import subprocess
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -27,7 +26,7 @@ from busflow import (
 from busflow import Subscription as BusSubscription
 from busflow.rabbitmq import RabbitMQTopologyError, RabbitMQTransport
 from busflow.rabbitmq._topology import BUCKETS, Topology, bucket_of
-from tests.rabbitmq.conftest import Endpoint, eventually, message_count
+from tests.rabbitmq.conftest import Endpoint, eventually, message_count, rabbitmqctl
 
 
 class Keyed(Message):
@@ -45,8 +44,21 @@ class Unkeyed(Message):
 def bus_on(
     transport: RabbitMQTransport,
     handler: Callable[[Keyed, MessageAttributes], Awaitable[None]],
+    *,
+    dispose_timeout: float = 5.0,
 ) -> Bus:
-    return Bus.configure().with_transport(transport).with_handler(Keyed, handler).build()
+    return (
+        Bus.configure()
+        .with_transport(transport)
+        .with_handler(Keyed, handler)
+        .with_dispose_timeout(dispose_timeout)
+        .build()
+    )
+
+
+def driver_of(endpoint: Endpoint) -> Bus:
+    """A bus that only sends, on an endpoint queue of its own."""
+    return Bus.configure().with_transport(endpoint.transport(queue=f"{endpoint.name}-d")).build()
 
 
 # the topology and the message
@@ -185,7 +197,7 @@ async def test_each_key_reaches_one_process_while_both_keep_up(endpoint: Endpoin
         bus_on(endpoint.transport(partitions=16, partition_prefetch=200), handler_of(n))
         for n in range(2)
     ]
-    driver = Bus.configure().with_transport(endpoint.transport(queue=f"{endpoint.name}-d")).build()
+    driver = driver_of(endpoint)
     async with buses[0], buses[1], driver:
         for n in range(200):
             await driver.send(Keyed(key=f"k-{n % 40}", n=n))
@@ -218,14 +230,8 @@ async def test_when_a_process_stops_another_takes_its_partitions_and_nothing_is_
         return handle
 
     staying = bus_on(endpoint.transport(partitions=16), handler_of(0))
-    leaving = (
-        Bus.configure()
-        .with_transport(endpoint.transport(partitions=16))
-        .with_handler(Keyed, handler_of(1))
-        .with_dispose_timeout(0.2)
-        .build()
-    )
-    driver = Bus.configure().with_transport(endpoint.transport(queue=f"{endpoint.name}-d")).build()
+    leaving = bus_on(endpoint.transport(partitions=16), handler_of(1), dispose_timeout=0.2)
+    driver = driver_of(endpoint)
     async with staying, driver:
         await leaving.start()
         for n in range(200):
@@ -242,11 +248,6 @@ async def test_when_a_process_stops_another_takes_its_partitions_and_nothing_is_
 
 
 # reconnections
-
-
-def rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
-    return done.stdout.decode()
 
 
 async def drop_connection(transport: RabbitMQTransport) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,6 +12,7 @@ import aio_pika
 import pytest
 
 from tests.conftest import RabbitMQServer, WireServer
+from tests.rabbitmq.conftest import rabbitmqctl
 from tests.rabbitmq.harness import Cluster, Worker
 from tests.rabbitmq.saga import ItemAdded
 
@@ -22,20 +22,6 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture
 async def cluster(rabbitmq: RabbitMQServer, wire_server: WireServer) -> AsyncIterator[Cluster]:
     made = Cluster(rabbitmq.url, wire_server.uri, f"busflow-test-{uuid.uuid4().hex[:8]}")
-    try:
-        yield made
-    finally:
-        await made.tear_down()
-
-
-@pytest.fixture
-async def partitioned_cluster(
-    rabbitmq: RabbitMQServer, wire_server: WireServer
-) -> AsyncIterator[Cluster]:
-    """Workers on an endpoint of 8 partitions, keyed by the order id."""
-    made = Cluster(
-        rabbitmq.url, wire_server.uri, f"busflow-test-{uuid.uuid4().hex[:8]}", partitions=8
-    )
     try:
         yield made
     finally:
@@ -58,9 +44,9 @@ async def test_three_workers_complete_every_order_with_exactly_its_items(
 
 
 async def test_partitioned_workers_complete_every_order_with_exactly_its_items(
-    partitioned_cluster: Cluster,
+    cluster: Cluster,
 ) -> None:
-    cluster = partitioned_cluster
+    cluster.partitions = 8
     await cluster.start_workers(2)
     await cluster.place_orders(200, items=5)
     await cluster.until_complete(200, within=180)
@@ -143,10 +129,6 @@ async def test_workers_reconnect_after_a_broker_restart_and_nothing_is_lost(
     assert outcome.wrong_orders(items=5) == []
     assert len(outcome.orders) == 100
     assert outcome.dead_letters == []
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
 
 
 # Issue 9's kill points: 0 duplicate effects and 0 lost outgoing messages when a worker is

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -24,7 +23,13 @@ from busflow.rabbitmq import (
 )
 from busflow.rabbitmq._topology import Topology
 from tests.conftest import RabbitMQServer
-from tests.rabbitmq.conftest import Endpoint, eventually, message_count, unique_name
+from tests.rabbitmq.conftest import (
+    Endpoint,
+    eventually,
+    message_count,
+    rabbitmqctl,
+    unique_name,
+)
 
 
 class Job(Message):
@@ -366,9 +371,6 @@ def user_url(rabbitmq: RabbitMQServer) -> Iterator[tuple[str, str]]:
     if os.environ.get("AMQP_URL") or shutil.which("rabbitmqctl") is None:
         pytest.skip("needs rabbitmqctl for the local broker, to add a user")
     user, password = unique_name(), f"pw-{uuid.uuid4().hex}"
-
-    def rabbitmqctl(*args: str) -> None:
-        subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
 
     rabbitmqctl("add_user", user, password)
     try:
