@@ -136,6 +136,27 @@ async def test_a_workflow_runs_from_start_to_completion() -> None:
     assert attributes.sticky_attributes["workflow_id"] == state.workflow_id
 
 
+async def test_derived_ids_are_the_same_as_every_earlier_release_derived() -> None:
+    # A start redelivered after an upgrade must find the workflow it made, and a workflow
+    # drops a message whose id it applied already: the ids a handler's messages and a started
+    # workflow get are uuid5s of fixed names, pinned here as earlier releases made them.
+    bus, shipped = payment_bus()
+    async with bus:
+        await bus.send(
+            PaymentRequested(order_id="o-1", amount=30), MessageAttributes(message_id="request-1")
+        )
+        await bus.wait_until_idle(timeout=5)
+
+    [state] = await find(bus, PaymentState, "order_id", "o-1")
+    assert state.workflow_id == "da5de51b-d2d1-5adb-9854-c433ba88bea6"
+    assert state.workflow_applied == [
+        "request-1",
+        "e6ba59c4-eade-54b3-827a-9f9f6c30af90",  # PaymentTaken, sent by take_payment
+    ]
+    [(_, attributes)] = shipped
+    assert attributes.message_id == "5274572a-04f1-53b0-bc2c-920ea513d5d5"
+
+
 async def test_sticky_workflow_ids_do_not_leak_between_concurrent_handlers() -> None:
     bus, shipped = payment_bus()
     async with bus:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 from pydantic import ValidationError
 
@@ -22,8 +23,10 @@ from busflow._errors import BusflowError
 __all__ = [
     "LOG_FIELDS",
     "LogFields",
+    "about_message",
+    "about_workflow",
+    "current_log_fields",
     "error_for_log",
-    "logged_with",
     "timed",
     "with_fields",
     "with_log_fields",
@@ -44,41 +47,87 @@ class LogFields:
 LOG_FIELDS = tuple(field.name for field in fields(LogFields))
 """The names of the attributes every busflow log record carries."""
 
-_current: contextvars.ContextVar[dict[str, str | None]] = contextvars.ContextVar(
-    "busflow_log_fields",
-    default={},  # noqa: B039 - never changed in place: each block sets a new dict
+_message: contextvars.ContextVar[_MessageFields | None] = contextvars.ContextVar(
+    "busflow_log_message", default=None
+)
+_workflow: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
+    "busflow_log_workflow", default=(None, None)
 )
 
 
-class _LoggedWith:
-    """The block of ``logged_with``: a plain class, since it is entered for every message."""
+class _MessageFields(Protocol):
+    """What a log record says of the message being handled (a ``TransportMessage`` has it)."""
 
-    __slots__ = ("_changes", "_token")
+    @property
+    def name(self) -> str: ...
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def correlation_id(self) -> str | None: ...
 
-    def __init__(self, changes: dict[str, str | None]) -> None:
-        self._changes = changes
+
+class _AboutMessage:
+    """The block of ``about_message``: one context variable set, since it is entered several
+    times for every message; the fields are read from the message only when a record is
+    made."""
+
+    __slots__ = ("_message", "_token")
+
+    def __init__(self, message: _MessageFields) -> None:
+        self._message = message
 
     def __enter__(self) -> None:
-        self._token = _current.set({**_current.get(), **self._changes})
+        self._token = _message.set(self._message)
 
     def __exit__(self, *_: object) -> None:
-        _current.reset(self._token)
+        _message.reset(self._token)
 
 
-def logged_with(**changes: str | None) -> _LoggedWith:
-    """Within this block, busflow's log records carry these fields (and the others as they
-    were)."""
-    return _LoggedWith(changes)
+class _AboutWorkflow:
+    """The block of ``about_workflow``."""
+
+    __slots__ = ("_token", "_workflow")
+
+    def __init__(self, workflow: tuple[str | None, str | None]) -> None:
+        self._workflow = workflow
+
+    def __enter__(self) -> None:
+        self._token = _workflow.set(self._workflow)
+
+    def __exit__(self, *_: object) -> None:
+        _workflow.reset(self._token)
+
+
+def about_message(message: _MessageFields) -> _AboutMessage:
+    """Within this block, busflow's log records name ``message``: its ``name``,
+    ``message_id`` and ``correlation_id``."""
+    return _AboutMessage(message)
+
+
+def about_workflow(workflow_name: str | None, workflow_id: str | None = None) -> _AboutWorkflow:
+    """Within this block, busflow's log records name this workflow."""
+    return _AboutWorkflow((workflow_name, workflow_id))
+
+
+def current_log_fields() -> LogFields:
+    """The fields a busflow log record made here would carry."""
+    message = _message.get()
+    workflow_name, workflow_id = _workflow.get()
+    if message is None:
+        return LogFields(workflow_name, workflow_id)
+    return LogFields(
+        workflow_name, workflow_id, message.name, message.message_id, message.correlation_id
+    )
 
 
 class _AddFields(logging.Filter):
     """Gives each record the current fields, unless the call gave them in ``extra``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        current = _current.get()
+        current = current_log_fields()
         for name in LOG_FIELDS:
             if name not in record.__dict__:
-                setattr(record, name, current.get(name))
+                setattr(record, name, getattr(current, name))
         return True
 
 

@@ -23,8 +23,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from busflow._bus.cache import StateCache
-from busflow._bus.context import ContextualSender, MessageIds, Outgoing, current_context
+from busflow._bus.context import ContextualSender, Outgoing, current_context
 from busflow._bus.dispatch import Dispatcher
+from busflow._bus.ids import MessageIds
 from busflow._bus.metrics import BusMetrics
 from busflow._bus.ordering import Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox

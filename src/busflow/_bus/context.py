@@ -3,49 +3,29 @@
 from __future__ import annotations
 
 import contextvars
-import itertools
-import uuid
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import NamedTuple, TypeVar
 
+from busflow._bus.ids import derived_message_id
 from busflow._messages import Message, MessageAttributes
 from busflow._workflow import (
     SENT_BY_WORKFLOW_ID,
     SENT_BY_WORKFLOW_NAME,
     WORKFLOW_ID,
     WORKFLOW_NAME,
-    WorkflowAddress,
     WorkflowSender,
 )
 
 __all__ = [
     "ContextualSender",
     "HandlingContext",
-    "MessageIds",
     "Outgoing",
     "current_context",
     "run_in_context",
 ]
 
 T = TypeVar("T")
-
-_MESSAGE_IDS = uuid.UUID("5d1f3c1e-2b8a-4c4e-9a57-6f0e4b8c2d31")
-"""The namespace of the ids that busflow derives for messages sent by handlers."""
-
-
-class MessageIds:
-    """Ids for messages sent from outside any handler: a random prefix per bus, then a count.
-
-    As unique as a uuid4 for each message, at a fraction of its cost.
-    """
-
-    def __init__(self) -> None:
-        self._prefix = uuid.uuid4().hex
-        self._count = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}-{next(self._count)}"
 
 
 class Outgoing(NamedTuple):
@@ -75,13 +55,15 @@ class HandlingContext:
         bus: WorkflowSender,
         incoming: MessageAttributes,
         *,
-        workflow: WorkflowAddress | None,
+        workflow_name: str | None,
+        workflow_id: str | None,
         handler: str,
     ) -> None:
         self.bus = bus
         self.incoming = incoming
-        self.workflow = workflow
-        self.workflow_id = None if workflow is None else workflow.workflow_id
+        self.workflow_name = workflow_name
+        """The workflow whose handler runs here; ``None`` for a plain handler."""
+        self.workflow_id = workflow_id
         self.handler = handler
         self.outbox: list[Outgoing] = []
         self.open = True
@@ -98,17 +80,14 @@ class HandlingContext:
         given = given or MessageAttributes()
         sticky = dict(self.incoming.sticky_attributes)
         plain = dict(given.attributes)
-        if self.workflow is not None:
-            sticky[WORKFLOW_ID] = self.workflow.workflow_id
-            sticky[WORKFLOW_NAME] = self.workflow.workflow_name
-            plain[SENT_BY_WORKFLOW_ID] = self.workflow.workflow_id
-            plain[SENT_BY_WORKFLOW_NAME] = self.workflow.workflow_name
+        if self.workflow_name is not None:
+            sticky[WORKFLOW_ID] = self.workflow_id
+            sticky[WORKFLOW_NAME] = self.workflow_name
+            plain[SENT_BY_WORKFLOW_ID] = self.workflow_id
+            plain[SENT_BY_WORKFLOW_NAME] = self.workflow_name
         sticky.update(given.sticky_attributes)
-        message_id = given.message_id or str(
-            uuid.uuid5(
-                _MESSAGE_IDS,
-                f"{self.incoming.message_id}/{self.handler}/{self.workflow_id}/{self._sent}",
-            )
+        message_id = given.message_id or derived_message_id(
+            self.incoming.message_id, self.handler, self.workflow_id, self._sent
         )
         self._sent += 1
         attributes = MessageAttributes(

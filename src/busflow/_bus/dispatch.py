@@ -7,7 +7,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Hashable
 
 from busflow._bus.context import HandlingContext, Outgoing, run_in_context
-from busflow._bus.handling import Failure, Handling, about_message
+from busflow._bus.handling import Failure, Handling
 from busflow._bus.metrics import BusMetrics
 from busflow._bus.ordering import Job, Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox
@@ -16,7 +16,7 @@ from busflow._bus.routing import PlainSubscriber, Routes, Subscriber
 from busflow._bus.runner import WaitingRun, WorkflowRunner
 from busflow._bus.telemetry import Telemetry
 from busflow._errors import MessageDecodeError
-from busflow._logs import error_for_log, timed
+from busflow._logs import about_message, error_for_log, timed
 from busflow._transport import DeadLetter, Delivery, Transport, TransportMessage
 from busflow._workflow import WorkflowSender
 
@@ -131,13 +131,14 @@ class Dispatcher:
         context = HandlingContext(
             self._sender,
             handling.attributes,
-            workflow=None,
+            workflow_name=None,
+            workflow_id=None,
             handler=subscriber.name,
         )
         self._metrics.handler_runs += 1
         with (
             timed(self._logger, subscriber.name, handling.delivery.message.name),
-            self._telemetry.handler_run(subscriber.name, None),
+            self._telemetry.handler_run(subscriber.name, None, None),
         ):
             await run_in_context(context, subscriber.handler(handling.message, handling.attributes))
         context.open = False

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from busflow._bus.ordering import Job
-from busflow._logs import logged_with
+from busflow._logs import about_message
 from busflow._messages import Message, MessageAttributes
-from busflow._transport import Delivery, TransportMessage
+from busflow._transport import Delivery
 
-__all__ = ["Failure", "Handling", "about_message"]
-
-
-def about_message(message: TransportMessage) -> AbstractContextManager[None]:
-    """Within this block, busflow's log records name ``message``."""
-    return logged_with(
-        message_name=message.name,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-    )
+__all__ = ["Failure", "Handling"]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from opentelemetry.trace import SpanKind, TracerProvider
 
 from busflow._bus.metrics import BusMetrics
 from busflow._transport import TransportMessage
-from busflow._workflow import WorkflowAddress
 
 __all__ = ["COUNTERS", "OpenTelemetry"]
 
@@ -78,16 +77,18 @@ class OpenTelemetry:
             yield
 
     def handler_run(
-        self, handler: str, workflow: WorkflowAddress | None
+        self, handler: str, workflow_name: str | None, workflow_id: str | None
     ) -> AbstractContextManager[None]:
-        return self._handler_run(handler, workflow)
+        return self._handler_run(handler, workflow_name, workflow_id)
 
     @contextmanager
-    def _handler_run(self, handler: str, workflow: WorkflowAddress | None) -> Iterator[None]:
+    def _handler_run(
+        self, handler: str, workflow_name: str | None, workflow_id: str | None
+    ) -> Iterator[None]:
         attributes = {"busflow.handler": handler}
-        if workflow is not None:
-            attributes["busflow.workflow.name"] = workflow.workflow_name
-            attributes["busflow.workflow.id"] = workflow.workflow_id
+        if workflow_name is not None and workflow_id is not None:
+            attributes["busflow.workflow.name"] = workflow_name
+            attributes["busflow.workflow.id"] = workflow_id
         started = time.perf_counter()
         try:
             with self._tracer.start_as_current_span(handler, attributes=attributes):

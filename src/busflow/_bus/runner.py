@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from busflow._bus.cache import StateCache
 from busflow._bus.context import HandlingContext, Outgoing, run_in_context
-from busflow._bus.handling import Handling, about_message, being_cancelled
+from busflow._bus.handling import Handling, being_cancelled
+from busflow._bus.ids import workflow_id_for
 from busflow._bus.metrics import BusMetrics
 from busflow._bus.ordering import Queued, Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox, to_record
@@ -24,12 +25,11 @@ from busflow._bus.routing import WorkflowSubscriber
 from busflow._bus.telemetry import Telemetry
 from busflow._bus.timeouts import DUE_AT_ATTRIBUTE
 from busflow._errors import HandlerResultError, WorkflowConcurrencyError, WorkflowUniquenessError
-from busflow._logs import error_for_log, logged_with, timed
+from busflow._logs import about_message, about_workflow, error_for_log, timed
 from busflow._persistence import Persistence, find_workflow, resolve_lookup
 from busflow._values import lookup_key
 from busflow._workflow import (
     MessageWorkflowMapping,
-    WorkflowAddress,
     WorkflowSender,
     WorkflowState,
     WorkflowStatus,
@@ -134,8 +134,10 @@ class WorkflowRunner:
         """
         message_id = handling.attributes.message_id
         state_type = subscriber.state_type
-        derived = None if message_id is None else workflow_id_for(message_id, state_type)
-        with logged_with(workflow_name=state_type.workflow_name, workflow_id=derived):
+        derived = (
+            None if message_id is None else workflow_id_for(message_id, state_type.workflow_name)
+        )
+        with about_workflow(state_type.workflow_name, derived):
             await self._start(subscriber, handling, derived)
 
     async def _start(
@@ -190,7 +192,7 @@ class WorkflowRunner:
         handled in its own instance's turn: at once where that turn is ``held`` or free,
         otherwise by the worker holding it, on a fresh read.
         """
-        with logged_with(workflow_name=subscriber.state_type.workflow_name):
+        with about_workflow(subscriber.state_type.workflow_name):
             await self._continue_workflows(subscriber, handling, held)
 
     async def _continue_workflows(
@@ -298,7 +300,7 @@ class WorkflowRunner:
         state: WorkflowState,
         cached: bool = False,
     ) -> None:
-        with logged_with(workflow_name=state.workflow_name, workflow_id=state.workflow_id):
+        with about_workflow(state.workflow_name, state.workflow_id):
             await self._run_on_state(subscriber, handling, state, cached)
 
     async def _run_on_state(
@@ -418,7 +420,7 @@ class WorkflowRunner:
         *,
         always_save: bool,
     ) -> None:
-        with logged_with(workflow_name=state.workflow_name, workflow_id=state.workflow_id):
+        with about_workflow(state.workflow_name, state.workflow_id):
             await self._run_handler_on(
                 subscriber, handling, state, always_save=always_save, may_coalesce=False
             )
@@ -484,14 +486,18 @@ class WorkflowRunner:
     ) -> tuple[WorkflowState | None, object, list[Dispatchable]]:
         """Run one handler on ``state``: the state after it (``None`` if it discarded the
         workflow), what it returned, and what it sent, encoded."""
-        workflow = WorkflowAddress(workflow_name=state.workflow_name, workflow_id=state.workflow_id)
+        name, workflow_id = state.workflow_name, state.workflow_id
         context = HandlingContext(
-            self._sender, handling.attributes, workflow=workflow, handler=subscriber.name
+            self._sender,
+            handling.attributes,
+            workflow_name=name,
+            workflow_id=workflow_id,
+            handler=subscriber.name,
         )
         self._metrics.handler_runs += 1
         with (
             timed(self._logger, subscriber.name, handling.delivery.message.name),
-            self._telemetry.handler_run(subscriber.name, workflow),
+            self._telemetry.handler_run(subscriber.name, name, workflow_id),
         ):
             result = await run_in_context(
                 context, subscriber.route.handler(handling.message, state, handling.attributes)
@@ -625,15 +631,6 @@ class WorkflowRunner:
                 workflow_id=state.workflow_id,
                 expected_version=state.workflow_version,
             ) from error
-
-
-def workflow_id_for(message_id: str, state_type: type[WorkflowState]) -> str:
-    """The id of the workflow that a message starts: the same on every delivery."""
-    return str(uuid.uuid5(_WORKFLOW_IDS, f"{state_type.workflow_name}/{message_id}"))
-
-
-_WORKFLOW_IDS = uuid.UUID("0f6c2b8e-3f4d-4b7a-9c1e-2a5d8e7f9b30")
-"""The namespace of the ids of workflows that messages start."""
 
 
 def _bind(

@@ -13,7 +13,6 @@ from typing import Protocol
 
 from busflow._bus.metrics import BusMetrics
 from busflow._transport import TransportMessage
-from busflow._workflow import WorkflowAddress
 
 __all__ = ["NoTelemetry", "Telemetry", "TelemetryFactory"]
 
@@ -23,9 +22,10 @@ class Telemetry(Protocol):
         """Around the handling of one delivery, continuing the trace the message carries."""
 
     def handler_run(
-        self, handler: str, workflow: WorkflowAddress | None
+        self, handler: str, workflow_name: str | None, workflow_id: str | None
     ) -> AbstractContextManager[None]:
-        """Around one run of a handler, on a workflow or (a plain handler) none."""
+        """Around one run of a handler, on a workflow or (a plain handler, both ``None``)
+        none."""
 
     def carry(self, message: TransportMessage) -> TransportMessage:
         """``message`` carrying the current trace context in its attributes."""
@@ -35,16 +35,20 @@ TelemetryFactory = Callable[[BusMetrics], Telemetry]
 """Makes a bus's telemetry, given the counters it keeps."""
 
 
+_NOTHING: AbstractContextManager[None] = contextlib.nullcontext()
+"""A block that does nothing; a ``nullcontext`` may be entered any number of times."""
+
+
 class NoTelemetry:
     """Reports nothing, at no cost."""
 
     def delivery(self, message: TransportMessage) -> AbstractContextManager[None]:
-        return contextlib.nullcontext()
+        return _NOTHING
 
     def handler_run(
-        self, handler: str, workflow: WorkflowAddress | None
+        self, handler: str, workflow_name: str | None, workflow_id: str | None
     ) -> AbstractContextManager[None]:
-        return contextlib.nullcontext()
+        return _NOTHING
 
     def carry(self, message: TransportMessage) -> TransportMessage:
         return message
