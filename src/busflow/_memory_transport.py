@@ -63,7 +63,7 @@ class MemoryTransport:
         self._put(message)
 
     async def publish(self, message: TransportMessage) -> None:
-        self._put(message)
+        self._put(message)  # the same as send: one endpoint in one process
 
     async def receive(self) -> Delivery:
         delivery = await self._queue.get()

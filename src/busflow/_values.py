@@ -205,6 +205,8 @@ def stored_scalar(value: object) -> StoredScalar:
     Raises ``ValueError`` saying why when no stored scalar can equal ``value``: it is a dict,
     list or model, or it breaks a rule of this module.
     """
+    if type(value) is str and value.isascii():
+        return value  # the most common lookup value, kept as it is
     if isinstance(value, Mapping | list | tuple | set | frozenset | BaseModel):
         raise ValueError(
             f"a {type(value).__name__}; lookups must return a scalar such as a str or None"

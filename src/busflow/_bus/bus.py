@@ -210,7 +210,8 @@ class Bus:
             telemetry=self._telemetry,
             cache=StateCache(
                 settings.state_cache_size,
-                functools.partial(unique_running_fields, persistence),
+                # set before initialize, as they decide the persistence's indexes
+                functools.cache(functools.partial(unique_running_fields, persistence)),
             ),
             coalescing=settings.coalescing,
         )
@@ -424,13 +425,16 @@ class Bus:
                 f"cannot send {type(message).__name__}: the bus is {self._lifecycle.value}"
             )
         attributes = attributes or _NO_ATTRIBUTES
-        outgoing = Outgoing(
-            message, attributes, attributes.message_id or self._ids.next(), publish, due_at
-        )
+        message_id = attributes.message_id or self._ids.next()
         if self._lifecycle is not _Lifecycle.STARTED:
-            self._held.append(outgoing)
+            self._held.append(Outgoing(message, attributes, message_id, publish, due_at))
             return
-        await self._send_now(outgoing)
+        if due_at is not None:
+            await self._send_now(Outgoing(message, attributes, message_id, publish, due_at))
+            return
+        assert self._routes is not None
+        encoded = self._telemetry.carry(self._routes.encode(message, attributes, message_id))
+        await self._deliver(encoded, publish=publish)
 
     async def _send_now(self, outgoing: Outgoing) -> None:
         dispatchable = self._encode(outgoing)

@@ -137,7 +137,9 @@ class Routes:
             attributes.correlation_id,
             attributes.attributes,
             attributes.sticky_attributes,
-            partition_key=_partition_value(message),
+            1,  # attempt
+            (),  # completed_by
+            None if message_type.partition_by is None else _partition_value(message),
         )
 
     def decode(self, message: TransportMessage) -> tuple[Message, MessageAttributes]:

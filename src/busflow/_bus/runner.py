@@ -42,7 +42,7 @@ __all__ = ["WaitingRun", "WorkflowRunner", "apply_handler_result"]
 S = TypeVar("S", bound=WorkflowState)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WaitingRun:
     """A workflow handler's run waiting behind its instance's turn.
 
@@ -513,8 +513,12 @@ class WorkflowRunner:
         while each is sure to reach this workflow; the state after the last of them."""
         assert self._turns is not None
         key = self._keys.of_instance(type(state), state.workflow_id)
+        in_batch = {run.handling.attributes.message_id for run in runs}
+
+        def joins(subject: object) -> bool:
+            return self._joins(subject, state, in_batch)  # the state as the batch left it
+
         while state.workflow_status is WorkflowStatus.RUNNING:
-            joins = functools.partial(self._joins, state=state, runs=runs)
             queued = self._turns.take_next(key, joins)
             if queued is None:
                 break
@@ -533,26 +537,29 @@ class WorkflowRunner:
                 self._put_back(state, taken)
                 raise _BatchUndoneError
             runs.append(_Run(waiting.handling, outgoing))
+            in_batch.add(waiting.handling.attributes.message_id)
             state = updated
         if taken:
             self._metrics.coalesced += len(taken)
         return state
 
-    def _joins(self, subject: object, *, state: WorkflowState, runs: list[_Run]) -> bool:
-        """Whether a waiting run would reach ``state``'s workflow, and only it, right now."""
+    def _joins(self, subject: object, state: WorkflowState, in_batch: set[str | None]) -> bool:
+        """Whether a waiting run would reach ``state``'s workflow, and only it, right now,
+        and its message is in neither ``state``'s applied ids nor the batch's (``in_batch``)."""
         if not isinstance(subject, WaitingRun) or subject.handling.alone:
             return False
         subscriber, handling = subject.subscriber, subject.handling
         message_id = handling.attributes.message_id
         mapping = subscriber.route.mapping
+        done_before = handling.delivery.message.completed_by
         if (
             subscriber.state_type is not type(state)
             or subscriber.route.starts_workflow
             or mapping is None
             or message_id is None
+            or message_id in in_batch
             or message_id in state.workflow_applied
-            or any(run.handling.attributes.message_id == message_id for run in runs)
-            or handling.already_done(f"{subscriber.name}@{state.workflow_id}")
+            or (done_before and f"{subscriber.name}@{state.workflow_id}" in done_before)
         ):
             return False
         if subject.workflow_id is not None:
@@ -683,9 +690,9 @@ def apply_handler_result(state: S, result: object, *, handler_name: str) -> S | 
             )
         data = result.model_dump()
     elif isinstance(result, Mapping):
-        fields = state_type.model_fields
-        if not result.keys() <= fields.keys():
-            unknown = set(result) - set(fields)
+        fields = _field_names(state_type)
+        if not result.keys() <= fields:
+            unknown = set(result) - fields
             raise HandlerResultError(
                 f"{handler_name} returned changes to {sorted(map(str, unknown))}, which are "
                 f"not fields of {state_type.__name__}"
@@ -713,3 +720,8 @@ def apply_handler_result(state: S, result: object, *, handler_name: str) -> S | 
         raise HandlerResultError(
             f"{handler_name} returned a change that does not fit {state_type.__name__} ({problems})"
         ) from None
+
+
+@functools.cache
+def _field_names(state_type: type[WorkflowState]) -> frozenset[str]:
+    return frozenset(state_type.model_fields)
