@@ -9,10 +9,12 @@ wins.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -162,9 +164,8 @@ class _Timed:
         self._started: float | None = None
 
     def __enter__(self) -> None:
-        if self._logger.isEnabledFor(logging.DEBUG):
-            self._logger.debug("%s started on %s", self._handler, self._message_name)
-            self._started = time.perf_counter()
+        self._logger.debug("%s started on %s", self._handler, self._message_name)
+        self._started = time.perf_counter()
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if self._started is None:
@@ -180,9 +181,14 @@ class _Timed:
         )
 
 
-def timed(logger: logging.Logger, handler: str, message_name: str) -> _Timed:
+def timed(logger: logging.Logger, handler: str, message_name: str) -> AbstractContextManager[None]:
     """Log a handler's start and its finish, with its duration (``duration_ms``), at DEBUG."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        return _NOT_TIMED  # no block of its own: one is entered for every handler run
     return _Timed(logger, handler, message_name)
+
+
+_NOT_TIMED: AbstractContextManager[None] = contextlib.nullcontext()
 
 
 def error_for_log(error: BaseException, *, values: bool) -> str:

@@ -110,10 +110,12 @@ class Bus:
 
     def __init__(self, settings: BusSettings) -> None:
         self._settings = settings
+        self._transport = settings.transport
         self.metrics = BusMetrics()
         self._telemetry: Telemetry = (
             NoTelemetry() if settings.telemetry is None else settings.telemetry(self.metrics)
         )
+        self._traced = settings.telemetry is not None
         self._logger_factory = with_log_fields(settings.core_dependencies.logger_factory)
         self._logger = self._logger_factory("busflow.bus")
         self._lifecycle = _Lifecycle.BUILT
@@ -150,7 +152,7 @@ class Bus:
 
     @property
     def transport(self) -> Transport:
-        return self._settings.transport
+        return self._transport
 
     @property
     def dead_letters(self) -> list[DeadLetter]:
@@ -362,7 +364,9 @@ class Bus:
         With ``deliver_at`` (timezone-aware) or ``deliver_after`` it is delivered then,
         stored meanwhile by the persistence, which must be a ``TimeoutStore``.
         """
-        await self._dispatch(message, attributes, False, due_time(deliver_at, deliver_after))
+        delayed = deliver_at is not None or deliver_after is not None
+        due_at = due_time(deliver_at, deliver_after) if delayed else None
+        await self._dispatch(message, attributes, False, due_at)
 
     async def publish(
         self,
@@ -373,7 +377,9 @@ class Bus:
         deliver_after: timedelta | None = None,
     ) -> None:
         """Publish an event; like ``send``, it may be delayed."""
-        await self._dispatch(message, attributes, True, due_time(deliver_at, deliver_after))
+        delayed = deliver_at is not None or deliver_after is not None
+        due_at = due_time(deliver_at, deliver_after) if delayed else None
+        await self._dispatch(message, attributes, True, due_at)
 
     async def wait_until_idle(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Return once nothing this bus sent to itself is queued, waiting or being handled.
@@ -433,8 +439,10 @@ class Bus:
             await self._send_now(Outgoing(message, attributes, message_id, publish, due_at))
             return
         assert self._routes is not None
-        encoded = self._telemetry.carry(self._routes.encode(message, attributes, message_id))
-        await self._deliver(encoded, publish=publish)
+        encoded = self._routes.encode(message, attributes, message_id)
+        await self._deliver(
+            self._telemetry.carry(encoded) if self._traced else encoded, publish=publish
+        )
 
     async def _send_now(self, outgoing: Outgoing) -> None:
         dispatchable = self._encode(outgoing)
@@ -478,9 +486,9 @@ class Bus:
             self._tracker.expect(message.message_id)
         try:
             if publish:
-                await self.transport.publish(message)
+                await self._transport.publish(message)
             else:
-                await self.transport.send(message)
+                await self._transport.send(message)
         except BaseException:
             if expected:
                 self._tracker.forget(message.message_id)
@@ -517,7 +525,7 @@ class Bus:
         while self._lifecycle is _Lifecycle.STARTED:
             self._receiving.add(worker)
             try:
-                delivery = await self.transport.receive()
+                delivery = await self._transport.receive()
             except Exception:
                 self._logger.exception("the transport failed to deliver; trying again")
                 await asyncio.sleep(0.1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import NamedTuple, TypeVar
 
@@ -22,7 +21,6 @@ __all__ = [
     "HandlingContext",
     "Outgoing",
     "current_context",
-    "run_in_context",
 ]
 
 T = TypeVar("T")
@@ -68,6 +66,16 @@ class HandlingContext:
         self.outbox: list[Outgoing] = []
         self.open = True
         self._sent = 0
+        self._token: contextvars.Token[HandlingContext | None] | None = None
+
+    def __enter__(self) -> None:
+        """Within this block (the handler's run), ``current_context()`` is this context."""
+        self._token = _current.set(self)
+
+    def __exit__(self, *_: object) -> None:
+        assert self._token is not None
+        _current.reset(self._token)
+        self._token = None
 
     def outgoing(
         self,
@@ -106,14 +114,6 @@ _current: contextvars.ContextVar[HandlingContext | None] = contextvars.ContextVa
 def current_context() -> HandlingContext | None:
     """The context of the handler running in this task, if any."""
     return _current.get()
-
-
-async def run_in_context(context: HandlingContext, call: Awaitable[T]) -> T:
-    token = _current.set(context)
-    try:
-        return await call
-    finally:
-        _current.reset(token)
 
 
 class ContextualSender:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Hashable
 
-from busflow._bus.context import HandlingContext, Outgoing, run_in_context
+from busflow._bus.context import HandlingContext, Outgoing
 from busflow._bus.handling import Failure, Handling
 from busflow._bus.metrics import BusMetrics
-from busflow._bus.ordering import Job, Turns, WorkflowKeys
+from busflow._bus.ordering import Job, Turns, WorkflowKeys, run_lookup
 from busflow._bus.outbox import Dispatchable, Outbox
 from busflow._bus.retries import RetryPolicy, is_retryable
-from busflow._bus.routing import PlainSubscriber, Routes, Subscriber
+from busflow._bus.routing import PlainSubscriber, Routes, Subscriber, WorkflowSubscriber
 from busflow._bus.runner import WaitingRun, WorkflowRunner
 from busflow._bus.telemetry import Telemetry
 from busflow._errors import MessageDecodeError
@@ -67,65 +68,62 @@ class Dispatcher:
 
     async def handle(self, delivery: Delivery) -> None:
         with about_message(delivery.message), self._telemetry.delivery(delivery.message):
-            await self._handle(delivery)
+            self._metrics.messages_delivered += 1
+            try:
+                message, attributes = self._routes.decode(delivery.message)
+            except MessageDecodeError as error:
+                await self._dead_letter(delivery, [Failure("busflow", error)], completed=())
+                return
+            handling = Handling(delivery, message, attributes, settle=self._settle)
+            turns = self._turns
+            for key, job in self._plan(handling):
+                if key is None or turns is None:
+                    await job()
+                else:
+                    await turns.run(key, job)
+            await handling.unit_done()
 
-    async def _handle(self, delivery: Delivery) -> None:
-        self._metrics.messages_delivered += 1
-        try:
-            message, attributes = self._routes.decode(delivery.message)
-        except MessageDecodeError as error:
-            await self._dead_letter(delivery, [Failure("busflow", error)], completed=())
-            return
-        handling = Handling(delivery, message, attributes, settle=self._settle)
-        subscribers = self._routes.subscribers(delivery.message.name)
-        # Claim each workflow's turn before any handler runs, so that arrival order holds
-        # even while an earlier subscriber of this message awaits.
+    def _plan(self, handling: Handling) -> list[tuple[Hashable | None, Job]]:
+        """A unit per subscriber not done yet: the units to run now, each with the ordering
+        key whose turn it claimed; the others wait behind their key's holder.
+
+        Each workflow's turn is claimed before any handler runs, so that arrival order holds
+        even while an earlier subscriber of this message awaits.
+        """
+        done_before = handling.delivery.message.completed_by
+        turns = self._turns
         plan: list[tuple[Hashable | None, Job]] = []
-        for subscriber in subscribers:
-            if handling.already_done(subscriber.name):
+        for subscriber in self._routes.subscribers(handling.delivery.message.name):
+            if done_before and subscriber.name in done_before:
                 continue
-            key = self._ordering_key(subscriber, handling)
-            job = self._unit(subscriber, handling, key)
-            if key is None:
-                plan.append((None, job))
-            elif self._turns is not None and self._turns.claim(key):
-                plan.append((key, job))
-            elif self._turns is not None:
-                self._turns.wait_behind(key, job, self._waiting_run(subscriber, handling))
-        for key, job in plan:
-            if key is None or self._turns is None:
-                await job()
+            mapping = None
+            if turns is not None and not isinstance(subscriber, PlainSubscriber):
+                mapping = subscriber.route.mapping  # None for a start, which has no turn
+            if turns is None or mapping is None:
+                plan.append((None, self._unit(subscriber, handling, None, queued=False)))
+                continue
+            assert isinstance(subscriber, WorkflowSubscriber)
+            value = run_lookup(mapping, handling.message, handling.attributes)
+            key = self._keys.of_lookup(subscriber.state_type, mapping, value)
+            if key is None or turns.claim(key):
+                plan.append((key, self._unit(subscriber, handling, key, queued=False)))
             else:
-                await self._turns.run(key, job)
-        await handling.unit_done()
+                job = self._unit(subscriber, handling, key, queued=True)
+                waiting = WaitingRun(subscriber, handling, subscriber.name, lookup_value=value)
+                turns.wait_behind(key, job, waiting)
+        return plan
 
-    def _ordering_key(self, subscriber: Subscriber, handling: Handling) -> Hashable | None:
-        if self._turns is None or isinstance(subscriber, PlainSubscriber):
-            return None
-        mapping = subscriber.route.mapping
-        if mapping is None:
-            return None
-        return self._keys.of_lookup(
-            subscriber.state_type, mapping, handling.message, handling.attributes
-        )
-
-    @staticmethod
-    def _waiting_run(subscriber: Subscriber, handling: Handling) -> WaitingRun | None:
-        """What a unit waiting for its turn is about, for the runner that may batch it."""
-        if isinstance(subscriber, PlainSubscriber) or subscriber.route.starts_workflow:
-            return None
-        return WaitingRun(subscriber, handling, completion=subscriber.name)
-
-    def _unit(self, subscriber: Subscriber, handling: Handling, key: Hashable | None) -> Job:
-        async def work() -> None:
-            if isinstance(subscriber, PlainSubscriber):
-                await self._run_plain(subscriber, handling)
-            elif subscriber.route.starts_workflow:
-                await self._runner.start(subscriber, handling)
-            else:
-                await self._runner.continue_workflows(subscriber, handling, key)
-
-        return handling.unit(subscriber.name, work, completion=subscriber.name)
+    def _unit(
+        self, subscriber: Subscriber, handling: Handling, key: Hashable | None, *, queued: bool
+    ) -> Job:
+        work: Job
+        if isinstance(subscriber, PlainSubscriber):
+            work = functools.partial(self._run_plain, subscriber, handling)
+        elif subscriber.starts_workflow:
+            work = functools.partial(self._runner.start, subscriber, handling)
+        else:
+            work = functools.partial(self._runner.continue_workflows, subscriber, handling, key)
+        return handling.unit(subscriber.name, work, completion=subscriber.name, queued=queued)
 
     async def _run_plain(self, subscriber: PlainSubscriber, handling: Handling) -> None:
         context = HandlingContext(
@@ -139,17 +137,35 @@ class Dispatcher:
         with (
             timed(self._logger, subscriber.name, handling.delivery.message.name),
             self._telemetry.handler_run(subscriber.name, None, None),
+            context,
         ):
-            await run_in_context(context, subscriber.handler(handling.message, handling.attributes))
+            await subscriber.handler(handling.message, handling.attributes)
         context.open = False
         await self._outbox.dispatch([self._encode(outgoing) for outgoing in context.outbox])
 
     async def _settle(self, handling: Handling) -> None:
+        """Acknowledge, retry or dead-letter a delivery whose units are all over.
+
+        It may run in the task of whichever unit ended last: each log record it makes names
+        the message itself.
+        """
         delivery, failures = handling.delivery, handling.failures
         message = delivery.message
         if not failures:
-            await self._call(self._transport.complete(delivery), message, retried=False)
+            try:
+                await self._transport.complete(delivery)
+            except Exception:
+                with about_message(message):
+                    self._could_not_settle(message)
+            finally:
+                self._settled(message, False)
             return
+        with about_message(message):
+            await self._settle_failed(handling)
+
+    async def _settle_failed(self, handling: Handling) -> None:
+        delivery, failures = handling.delivery, handling.failures
+        message = delivery.message
         retryable = all(is_retryable(failure.error) for failure in failures)
         if not retryable or message.attempt >= self._policy.max_attempts:
             await self._dead_letter(delivery, failures, completed=handling.completed)
@@ -204,11 +220,14 @@ class Dispatcher:
         try:
             await settling
         except Exception:
-            self._logger.exception(
-                "could not settle %s (message id %s) with the transport; it will be "
-                "delivered again if the transport keeps unsettled messages",
-                message.name,
-                message.message_id,
-            )
+            self._could_not_settle(message)
         finally:
             self._settled(message, retried)
+
+    def _could_not_settle(self, message: TransportMessage) -> None:
+        self._logger.exception(
+            "could not settle %s (message id %s) with the transport; it will be "
+            "delivered again if the transport keeps unsettled messages",
+            message.name,
+            message.message_id,
+        )

@@ -51,26 +51,36 @@ class Handling:
     def already_done(self, completion: str) -> bool:
         return completion in self.delivery.message.completed_by
 
-    def unit(self, handler: str, work: Job, *, completion: str | None) -> Job:
-        """Wrap ``work`` as a unit of this handling: its outcome is recorded, never raised."""
+    def unit(self, handler: str, work: Job, *, completion: str | None, queued: bool) -> Job:
+        """Wrap ``work`` as a unit of this handling: its outcome is recorded, never raised.
+
+        A ``queued`` unit waits behind a workflow's turn, and runs in the worker that holds
+        it: it then says in its log records which message it is about.
+        """
         self.pending += 1
 
         async def run() -> None:
-            with about_message(self.delivery.message):  # it may run in another worker
-                try:
-                    await work()
-                except asyncio.CancelledError as error:
-                    if being_cancelled():
-                        raise  # the bus is stopping: this handling is abandoned, not settled
-                    self.failures.append(Failure(handler, error))
-                except Exception as error:
-                    self.failures.append(Failure(handler, error))
-                else:
-                    if completion is not None:
-                        self.completed.append(completion)
-                await self.unit_done()
+            try:
+                await work()
+            except asyncio.CancelledError as error:
+                if being_cancelled():
+                    raise  # the bus is stopping: this handling is abandoned, not settled
+                self.failures.append(Failure(handler, error))
+            except Exception as error:
+                self.failures.append(Failure(handler, error))
+            else:
+                if completion is not None:
+                    self.completed.append(completion)
+            await self.unit_done()
 
-        return run
+        if not queued:
+            return run
+
+        async def run_queued() -> None:
+            with about_message(self.delivery.message):
+                await run()
+
+        return run_queued
 
     async def unit_done(self) -> None:
         self.pending -= 1

@@ -63,6 +63,10 @@ class WorkflowSubscriber(Generic[S]):
         handler_name = getattr(self.route.handler, "__name__", None) or repr(self.route.handler)
         return f"{type(self.workflow).__name__}.{handler_name}"
 
+    @functools.cached_property
+    def starts_workflow(self) -> bool:
+        return self.route.starts_workflow
+
 
 Subscriber: TypeAlias = PlainSubscriber | WorkflowSubscriber[Any]
 

@@ -14,19 +14,19 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from busflow._bus.cache import StateCache
-from busflow._bus.context import HandlingContext, Outgoing, run_in_context
+from busflow._bus.context import HandlingContext, Outgoing
 from busflow._bus.handling import Handling, being_cancelled
 from busflow._bus.ids import workflow_id_for
 from busflow._bus.metrics import BusMetrics
-from busflow._bus.ordering import Queued, Turns, WorkflowKeys
+from busflow._bus.ordering import LOOKUP_FAILED, Queued, Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox, to_record
 from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import WorkflowSubscriber
-from busflow._bus.telemetry import Telemetry
+from busflow._bus.telemetry import NoTelemetry, Telemetry
 from busflow._bus.timeouts import DUE_AT_ATTRIBUTE
 from busflow._errors import HandlerResultError, WorkflowConcurrencyError, WorkflowUniquenessError
 from busflow._logs import about_message, about_workflow, error_for_log, timed
-from busflow._persistence import Persistence, find_workflow, resolve_lookup
+from busflow._persistence import Persistence, find_workflow
 from busflow._values import lookup_key
 from busflow._workflow import (
     MessageWorkflowMapping,
@@ -56,6 +56,9 @@ class WaitingRun:
     """What the waiting unit records when it succeeds."""
     workflow_id: str | None = None
     """The instance it will run on, where that is known before its lookup."""
+    lookup_value: object = LOOKUP_FAILED
+    """What its subscriber's lookup gave for its message (see ``run_lookup``), where the
+    instance is not known."""
 
 
 class _StaleLookupError(Exception):
@@ -125,6 +128,7 @@ class WorkflowRunner:
         self._applied_limit = applied_limit
         self._values_in_logs = values_in_logs
         self._telemetry = telemetry
+        self._traced = not isinstance(telemetry, NoTelemetry)
 
     async def start(self, subscriber: WorkflowSubscriber[Any], handling: Handling) -> None:
         """Run a starting handler on a new state and save it, unless it discards it.
@@ -137,45 +141,42 @@ class WorkflowRunner:
         derived = (
             None if message_id is None else workflow_id_for(message_id, state_type.workflow_name)
         )
-        with about_workflow(state_type.workflow_name, derived):
-            await self._start(subscriber, handling, derived)
-
-    async def _start(
-        self, subscriber: WorkflowSubscriber[Any], handling: Handling, derived: str | None
-    ) -> None:
-        state_type = subscriber.state_type
         originator = addressee_of(handling.attributes)
         for _ in range(self._policy.max_stalled_conflicts):
+            workflow_id = derived or str(uuid.uuid4())
             state = state_type.model_validate(
-                {"workflow_id": derived or str(uuid.uuid4()), "workflow_originator": originator}
+                {"workflow_id": workflow_id, "workflow_originator": originator}
             )
-            try:
-                await self._run_handler(subscriber, handling, state, always_save=True)
-                return
-            except WorkflowUniquenessError as error:
-                self._metrics.duplicate_starts += 1
-                self._logger.warning(
-                    "%s: duplicate start ignored: another running %s has the same %s%s",
-                    subscriber.name,
-                    state_type.workflow_name,
-                    error.field,
-                    f" ({error.value!r})" if self._values_in_logs else "",
-                )
-                return
-            except WorkflowConcurrencyError:
-                self._metrics.conflicts += 1
-                if derived is None:
-                    continue  # a random id that happened to exist: draw another
-            existing = await self._read(subscriber, derived)
-            if existing is not None:
-                if not await self._if_applied(subscriber, handling, existing):
+            with about_workflow(state_type.workflow_name, workflow_id):
+                try:
+                    await self._run_handler(
+                        subscriber, handling, state, always_save=True, may_coalesce=False
+                    )
+                    return
+                except WorkflowUniquenessError as error:
                     self._metrics.duplicate_starts += 1
                     self._logger.warning(
-                        "%s: workflow %s already exists; duplicate start ignored",
+                        "%s: duplicate start ignored: another running %s has the same %s%s",
                         subscriber.name,
-                        derived,
+                        state_type.workflow_name,
+                        error.field,
+                        f" ({error.value!r})" if self._values_in_logs else "",
                     )
-                return
+                    return
+                except WorkflowConcurrencyError:
+                    self._metrics.conflicts += 1
+                    if derived is None:
+                        continue  # a random id that happened to exist: draw another
+                existing = await self._read(subscriber, derived)
+                if existing is not None:
+                    if not await self._if_applied(subscriber, handling, existing):
+                        self._metrics.duplicate_starts += 1
+                        self._logger.warning(
+                            "%s: workflow %s already exists; duplicate start ignored",
+                            subscriber.name,
+                            derived,
+                        )
+                    return
         raise WorkflowConcurrencyError(
             f"{subscriber.name}: {self._policy.max_stalled_conflicts} starts in a row found "
             "their new id taken; check the persistence",
@@ -193,30 +194,25 @@ class WorkflowRunner:
         otherwise by the worker holding it, on a fresh read.
         """
         with about_workflow(subscriber.state_type.workflow_name):
-            await self._continue_workflows(subscriber, handling, held)
-
-    async def _continue_workflows(
-        self, subscriber: WorkflowSubscriber[Any], handling: Handling, held: Hashable | None
-    ) -> None:
-        mapping = subscriber.route.mapping
-        assert mapping is not None
-        cached = self._cache.look_up(
-            subscriber.state_type, mapping, handling.message, handling.attributes
-        )
-        if cached is not None:
-            self._metrics.state_cache_hits += 1
-            try:
-                await self._continue_on(subscriber, handling, held, [cached], cached=True)
+            mapping = subscriber.route.mapping
+            assert mapping is not None
+            cached = self._cache.look_up(
+                subscriber.state_type, mapping, handling.message, handling.attributes
+            )
+            if cached is not None:
+                self._metrics.state_cache_hits += 1
+                try:
+                    await self._continue_on(subscriber, handling, held, [cached], cached=True)
+                    return
+                except _StaleLookupError:
+                    pass  # another process completed it: look the message up afresh
+            states = await self._persistence.get_workflow_state(
+                subscriber.state_type, mapping, handling.message, handling.attributes
+            )
+            if not states:
+                await self._unmatched(subscriber, handling, mapping)
                 return
-            except _StaleLookupError:
-                pass  # another process completed it: look the message up afresh
-        states = await self._persistence.get_workflow_state(
-            subscriber.state_type, mapping, handling.message, handling.attributes
-        )
-        if not states:
-            await self._unmatched(subscriber, handling, mapping)
-            return
-        await self._continue_on(subscriber, handling, held, states, cached=False)
+            await self._continue_on(subscriber, handling, held, states, cached=False)
 
     async def _continue_on(
         self,
@@ -242,7 +238,7 @@ class WorkflowRunner:
                     await self._turns.run(key, run)
                 else:
                     fresh = _bind(self._run_on_fresh, subscriber, handling, state.workflow_id)
-                    job = handling.unit(subscriber.name, fresh, completion=completion)
+                    job = handling.unit(subscriber.name, fresh, completion=completion, queued=True)
                     waiting = WaitingRun(subscriber, handling, completion, state.workflow_id)
                     self._turns.wait_behind(key, job, waiting)
                     continue
@@ -301,47 +297,39 @@ class WorkflowRunner:
         cached: bool = False,
     ) -> None:
         with about_workflow(state.workflow_name, state.workflow_id):
-            await self._run_on_state(subscriber, handling, state, cached)
-
-    async def _run_on_state(
-        self,
-        subscriber: WorkflowSubscriber[Any],
-        handling: Handling,
-        state: WorkflowState,
-        cached: bool,
-    ) -> None:
-        stalled = 0
-        while True:
-            if await self._if_applied(subscriber, handling, state):
-                return
-            if state.workflow_status is not WorkflowStatus.RUNNING:
-                self._no_longer_running(subscriber, handling, state.workflow_id)
-                return
-            try:
-                await self._run_handler_on(
-                    subscriber, handling, state, always_save=cached, may_coalesce=True
-                )
-                return
-            except WorkflowUniquenessError:
-                raise
-            except _BatchUndoneError:
-                handling.alone = True
-                moved_on = True
-            except WorkflowConcurrencyError as error:
-                self._metrics.conflicts += 1
-                conflict, moved_on = error, False
-            fresh = await self._read(subscriber, state.workflow_id)
-            if fresh is None or fresh.workflow_status is not WorkflowStatus.RUNNING:
-                if cached:
-                    raise _StaleLookupError
-                if fresh is None:
+            stalled = 0
+            while True:
+                if self._was_applied(handling, state):
+                    await self._if_applied(subscriber, handling, state)
+                    return
+                if state.workflow_status is not WorkflowStatus.RUNNING:
                     self._no_longer_running(subscriber, handling, state.workflow_id)
                     return
-            moved_on = moved_on or (fresh.workflow_version > state.workflow_version)
-            stalled = 0 if moved_on else stalled + 1
-            if stalled >= self._policy.max_stalled_conflicts:
-                raise conflict
-            state, cached = fresh, False
+                try:
+                    await self._run_handler(
+                        subscriber, handling, state, always_save=cached, may_coalesce=True
+                    )
+                    return
+                except WorkflowUniquenessError:
+                    raise
+                except _BatchUndoneError:
+                    handling.alone = True
+                    moved_on = True
+                except WorkflowConcurrencyError as error:
+                    self._metrics.conflicts += 1
+                    conflict, moved_on = error, False
+                fresh = await self._read(subscriber, state.workflow_id)
+                if fresh is None or fresh.workflow_status is not WorkflowStatus.RUNNING:
+                    if cached:
+                        raise _StaleLookupError
+                    if fresh is None:
+                        self._no_longer_running(subscriber, handling, state.workflow_id)
+                        return
+                moved_on = moved_on or (fresh.workflow_version > state.workflow_version)
+                stalled = 0 if moved_on else stalled + 1
+                if stalled >= self._policy.max_stalled_conflicts:
+                    raise conflict
+                state, cached = fresh, False
 
     def _lookup_for_log(self, mapping: MessageWorkflowMapping[Any, Any], handling: Handling) -> str:
         """``field=value`` for a log line; the value only if it is a workflow id, or if the
@@ -419,19 +407,6 @@ class WorkflowRunner:
         state: WorkflowState,
         *,
         always_save: bool,
-    ) -> None:
-        with about_workflow(state.workflow_name, state.workflow_id):
-            await self._run_handler_on(
-                subscriber, handling, state, always_save=always_save, may_coalesce=False
-            )
-
-    async def _run_handler_on(
-        self,
-        subscriber: WorkflowSubscriber[Any],
-        handling: Handling,
-        state: WorkflowState,
-        *,
-        always_save: bool,
         may_coalesce: bool,
     ) -> None:
         """Run the handler on ``state`` (and, coalescing, the runs waiting for the same
@@ -495,13 +470,17 @@ class WorkflowRunner:
             handler=subscriber.name,
         )
         self._metrics.handler_runs += 1
-        with (
-            timed(self._logger, subscriber.name, handling.delivery.message.name),
-            self._telemetry.handler_run(subscriber.name, name, workflow_id),
-        ):
-            result = await run_in_context(
-                context, subscriber.route.handler(handling.message, state, handling.attributes)
-            )
+        handler = subscriber.route.handler
+        if self._traced or self._logger.isEnabledFor(logging.DEBUG):
+            with (
+                timed(self._logger, subscriber.name, handling.delivery.message.name),
+                self._telemetry.handler_run(subscriber.name, name, workflow_id),
+                context,
+            ):
+                result = await handler(handling.message, state, handling.attributes)
+        else:  # nothing observes the run: no blocks that would do nothing, once per message
+            with context:
+                result = await handler(handling.message, state, handling.attributes)
         updated = apply_handler_result(state, result, handler_name=subscriber.name)
         context.open = False
         return updated, result, [self._encode(each) for each in context.outbox]
@@ -554,7 +533,7 @@ class WorkflowRunner:
         done_before = handling.delivery.message.completed_by
         if (
             subscriber.state_type is not type(state)
-            or subscriber.route.starts_workflow
+            or subscriber.starts_workflow
             or mapping is None
             or message_id is None
             or message_id in in_batch
@@ -566,14 +545,11 @@ class WorkflowRunner:
             return subject.workflow_id == state.workflow_id
         if not self._cache.answers(subscriber.state_type, mapping.maps_to):
             return False
-        try:
-            value = resolve_lookup(
-                mapping, handling.message, handling.attributes, where=state.workflow_name
-            )
-        except Exception:
+        value = subject.lookup_value
+        if value is None or value is LOOKUP_FAILED:
             return False
-        if value is None:
-            return False
+        # A value no state can hold has a key equal to nothing (and the run, on its own,
+        # reports it): lookup_key compares as the persistence does.
         return lookup_key(value) == lookup_key(getattr(state, mapping.maps_to))
 
     def _put_back(self, state: WorkflowState, taken: list[Queued]) -> None:
@@ -592,12 +568,11 @@ class WorkflowRunner:
         waiting = queued.subject
         assert isinstance(waiting, WaitingRun)
         handling = waiting.handling
-        with about_message(handling.delivery.message):
-            instance = f"{waiting.subscriber.name}@{workflow_id}"
-            handling.completed.append(instance)
-            if waiting.completion != instance:
-                handling.completed.append(waiting.completion)
-            await handling.unit_done()
+        instance = f"{waiting.subscriber.name}@{workflow_id}"
+        handling.completed.append(instance)
+        if waiting.completion != instance:
+            handling.completed.append(waiting.completion)
+        await handling.unit_done()  # the settling names its message in its log records
 
     async def _save(
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, state: WorkflowState
@@ -682,14 +657,7 @@ def apply_handler_result(state: S, result: object, *, handler_name: str) -> S | 
     if result is None:
         return state
     state_type = type(state)
-    if isinstance(result, WorkflowState):
-        if type(result) is not state_type:
-            raise HandlerResultError(
-                f"{handler_name} returned a {type(result).__name__}; it handles "
-                f"{state_type.__name__}"
-            )
-        data = result.model_dump()
-    elif isinstance(result, Mapping):
+    if type(result) is dict or isinstance(result, Mapping):  # a dict without the ABC check
         fields = _field_names(state_type)
         if not result.keys() <= fields:
             unknown = set(result) - fields
@@ -698,6 +666,13 @@ def apply_handler_result(state: S, result: object, *, handler_name: str) -> S | 
                 f"not fields of {state_type.__name__}"
             )
         data = {**state.__dict__, **result}
+    elif isinstance(result, WorkflowState):
+        if type(result) is not state_type:
+            raise HandlerResultError(
+                f"{handler_name} returned a {type(result).__name__}; it handles "
+                f"{state_type.__name__}"
+            )
+        data = result.model_dump()
     else:
         raise HandlerResultError(
             f"{handler_name} returned a {type(result).__name__}; return a dict of changes, "
