@@ -71,27 +71,28 @@ class _Table:
         """Another running workflow whose ``field_name`` equals ``state``'s, if there is one."""
         self.index(field_name)
         holders = self.indexes[field_name].get(lookup_key(getattr(state, field_name)), ())
-        return next(
-            (
-                workflow_id
-                for workflow_id in holders
-                if workflow_id != state.workflow_id
+        for workflow_id in holders:
+            if (
+                workflow_id != state.workflow_id
                 and self.states[workflow_id].workflow_status is WorkflowStatus.RUNNING
-            ),
-            None,
-        )
+            ):
+                return workflow_id
+        return None
 
     def store(self, state: WorkflowState) -> None:
         old = self.states.get(state.workflow_id)
         for field_name, entries in self.indexes.items():
+            key = lookup_key(getattr(state, field_name))
             if old is not None:
                 old_key = lookup_key(getattr(old, field_name))
+                if old_key == key:
+                    continue  # indexed under this value already
                 ids = entries.get(old_key)
                 if ids is not None:
                     ids.discard(old.workflow_id)
                     if not ids:
                         del entries[old_key]
-            entries.setdefault(lookup_key(getattr(state, field_name)), set()).add(state.workflow_id)
+            entries.setdefault(key, set()).add(state.workflow_id)
         self.states[state.workflow_id] = state
 
 

@@ -161,11 +161,13 @@ class Routes:
                 f"{message_type.__qualname__}: {error.error_count()} error(s), first at "
                 f"{_location(error)}"
             ) from None
+        # Copies, which a handler may change; most messages carry no attributes of their own.
+        plain, sticky = message.attributes, message.sticky_attributes
         attributes = MessageAttributes(
-            correlation_id=message.correlation_id,
-            attributes=dict(message.attributes),
-            sticky_attributes=dict(message.sticky_attributes),
-            message_id=message.message_id,
+            message.correlation_id,
+            dict(plain) if plain else {},
+            dict(sticky) if sticky else {},
+            message.message_id,
         )
         return decoded, attributes
 
