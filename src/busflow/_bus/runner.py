@@ -424,17 +424,15 @@ class WorkflowRunner:
             updated = await self._coalesce(updated, runs, taken)
         try:
             message_ids = [run.handling.attributes.message_id for run in runs]
-            applied = [*state.workflow_applied, *(each for each in message_ids if each)]
+            applied = state.workflow_applied + [each for each in message_ids if each]
             updated.workflow_applied = applied[-self._applied_limit :]
-            if now is not None or any(run.outgoing for run in runs):
+            sent = [
+                (each, run.handling.attributes.message_id) for run in runs for each in run.outgoing
+            ]
+            if now is not None or sent:
                 now = now or datetime.now(UTC)
-                updated.workflow_outbox = [
-                    *self._outbox.carried(state, now),
-                    *(
-                        to_record(each, run.handling.attributes.message_id, now)
-                        for run in runs
-                        for each in run.outgoing
-                    ),
+                updated.workflow_outbox = self._outbox.carried(state, now) + [
+                    to_record(each, origin, now) for each, origin in sent
                 ]
             stored = await self._save(subscriber, handling, updated)
         except BaseException:
@@ -444,9 +442,10 @@ class WorkflowRunner:
         self._keys.remember(updated, subscriber.mapped_fields)
         if stored is not None:
             self._cache.put(stored)
-        outgoing = [each for run in runs for each in run.outgoing]
+        outgoing = [each for each, _ in sent]
         try:
-            await self._outbox.dispatch(outgoing, updated)
+            if outgoing:
+                await self._outbox.dispatch(outgoing, updated)
         except BaseException:
             # Saved, but not all sent: each run taken into the batch runs again on its own,
             # finds its message applied, and sends what it saved (as a redelivery would).
