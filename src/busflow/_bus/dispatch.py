@@ -13,7 +13,7 @@ from busflow._bus.metrics import BusMetrics
 from busflow._bus.ordering import Job, Turns, WorkflowKeys, run_lookup
 from busflow._bus.outbox import Dispatchable, Outbox
 from busflow._bus.retries import RetryPolicy, is_retryable
-from busflow._bus.routing import PlainSubscriber, Routes, Subscriber, WorkflowSubscriber
+from busflow._bus.routing import PlainSubscriber, Routes, Subscriber
 from busflow._bus.runner import WaitingRun, WorkflowRunner
 from busflow._bus.telemetry import Telemetry
 from busflow._errors import MessageDecodeError
@@ -96,13 +96,16 @@ class Dispatcher:
         for subscriber in self._routes.subscribers(handling.delivery.message.name):
             if done_before and subscriber.name in done_before:
                 continue
-            mapping = None
-            if turns is not None and not isinstance(subscriber, PlainSubscriber):
-                mapping = subscriber.route.mapping  # None for a start, which has no turn
-            if turns is None or mapping is None:
+            if (
+                turns is None
+                or isinstance(subscriber, PlainSubscriber)
+                or subscriber.starts_workflow
+            ):
+                # no turn to take: a start makes a new workflow, a plain handler has none
                 plan.append((None, self._unit(subscriber, handling, None, queued=False)))
                 continue
-            assert isinstance(subscriber, WorkflowSubscriber)
+            mapping = subscriber.route.mapping
+            assert mapping is not None  # only a start has none
             value = run_lookup(mapping, handling.message, handling.attributes)
             key = self._keys.of_lookup(subscriber.state_type, mapping, value)
             if key is None or turns.claim(key):
