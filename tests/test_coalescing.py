@@ -3,7 +3,28 @@ every exactly-once rule kept, and one message at a time again after a failure.""
 
 from __future__ import annotations
 
-from busflow import Bus, BusflowError, InMemoryPersistence, MemoryTransport, TransportMessage
+import asyncio
+import logging
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic import Field
+
+from busflow import (
+    Bus,
+    BusflowError,
+    Delivery,
+    InMemoryPersistence,
+    MemoryTransport,
+    Message,
+    MessageAttributes,
+    MessageWorkflowMapping,
+    TransportMessage,
+    Workflow,
+    WorkflowMapper,
+    WorkflowState,
+)
 from tests.counters import (
     Bump,
     BumpTag,
@@ -185,3 +206,172 @@ async def test_without_unique_running_or_with_coalescing_off_each_message_is_sav
         assert state.count == 4
         assert bus.metrics.coalesced == 0
         assert state.workflow_version == 5
+
+
+# Coalescing changes no outcome: what a message does is the same with it on or off.
+
+
+class PricedState(WorkflowState):
+    workflow_name = "test/priced"
+
+    price: float = 0.0
+    seen: list[str] = Field(default_factory=list)
+
+
+class PriceSet(Message):
+    price: float
+
+
+class PriceBump(Message):
+    price: float
+    pause: float = 0.0
+
+
+class ExactPriceBump(Message):
+    price: float
+
+
+class PricedWorkflow(Workflow[PricedState]):
+    """Found by ``price``; ``ExactPriceBump`` looks it up by ``Decimal(price)``, which equals
+    the float in Python but has 55 digits, more than any stored decimal can hold."""
+
+    def configure_workflow(self, mapper: WorkflowMapper[PricedState]) -> None:
+        by_price: MessageWorkflowMapping[Any, PricedState] = MessageWorkflowMapping(
+            lookup=lambda message, _: message.price, maps_to="price"
+        )
+        by_exact_price: MessageWorkflowMapping[Any, PricedState] = MessageWorkflowMapping(
+            lookup=lambda message, _: Decimal(message.price), maps_to="price"
+        )
+        (
+            mapper.with_state(PricedState)
+            .started_by(PriceSet, self.set_price)
+            .when(PriceBump, self.bump, by_price)
+            .when(ExactPriceBump, self.bump, by_exact_price)
+        )
+
+    async def set_price(
+        self, message: PriceSet, state: PricedState, attributes: MessageAttributes
+    ) -> dict[str, Any]:
+        return {"price": message.price}
+
+    async def bump(
+        self, message: PriceBump | ExactPriceBump, state: PricedState, attributes: MessageAttributes
+    ) -> dict[str, Any]:
+        if isinstance(message, PriceBump) and message.pause:
+            await asyncio.sleep(message.pause)
+        return {"seen": [*state.seen, str(attributes.message_id)]}
+
+
+@pytest.mark.parametrize("coalescing", [True, False])
+async def test_a_waiting_lookup_no_state_can_hold_is_dead_lettered(coalescing: bool) -> None:
+    persistence = InMemoryPersistence().with_workflow_options(PricedState, unique_running=["price"])
+    bus = (
+        Bus.configure()
+        .with_persistence(persistence)
+        .with_workflow(PricedWorkflow)
+        .with_concurrency(4)
+        .with_coalescing(coalescing)
+        .build()
+    )
+    async with bus:
+        await bus.publish(PriceSet(price=0.1))
+        await bus.wait_until_idle(timeout=10)
+        await bus.publish(PriceBump(price=0.1, pause=0.05), MessageAttributes(message_id="bump"))
+        await bus.publish(ExactPriceBump(price=0.1), MessageAttributes(message_id="exact"))
+        await bus.wait_until_idle(timeout=10)
+        [state] = await bus.find_workflows(PricedState, "price", 0.1)
+
+    assert state.seen == ["bump"]
+    [dead] = bus.dead_letters
+    assert (dead.message.message_id, dead.error_type) == (
+        "exact",
+        "busflow.InvalidLookupValueError",
+    )
+
+
+BY_KEY_ATTRIBUTE: MessageWorkflowMapping[Any, CounterState] = MessageWorkflowMapping(
+    lookup=lambda message, attributes: attributes.attributes.get("key", message.key),
+    maps_to="key",
+)
+
+
+class RedirectableCounter(Workflow[CounterState]):
+    """Finds its counter by the ``key`` attribute where a message has one."""
+
+    def configure_workflow(self, mapper: WorkflowMapper[CounterState]) -> None:
+        mapper.with_state(CounterState).started_by(Start, self.start).when(
+            Bump, self.bump, BY_KEY_ATTRIBUTE
+        )
+
+    async def start(
+        self, message: Start, state: CounterState, attributes: MessageAttributes
+    ) -> dict[str, Any]:
+        return {"key": message.key}
+
+    async def bump(
+        self, message: Bump, state: CounterState, attributes: MessageAttributes
+    ) -> dict[str, Any]:
+        await asyncio.sleep(message.pause)
+        return {"seen": [*state.seen, str(attributes.message_id)]}
+
+
+async def redirect(message: Bump, attributes: MessageAttributes) -> None:
+    """A plain handler of the same message, which runs first and changes its attributes."""
+    if attributes.message_id == "redirected":
+        attributes.attributes["key"] = "k2"
+
+
+@pytest.mark.parametrize("coalescing", [True, False])
+async def test_a_waiting_message_goes_where_its_lookup_leads_when_it_runs(
+    coalescing: bool,
+) -> None:
+    persistence = InMemoryPersistence().with_workflow_options(CounterState, unique_running=["key"])
+    bus = (
+        Bus.configure()
+        .with_persistence(persistence)
+        .with_handler(Bump, redirect)
+        .with_workflow(RedirectableCounter)
+        .with_concurrency(4)
+        .with_coalescing(coalescing)
+        .build()
+    )
+    async with bus:
+        await started(bus, "k")
+        await started(bus, "k2")
+        await bus.publish(Bump(key="k", pause=0.05), MessageAttributes(message_id="holder"))
+        await bus.publish(Bump(key="k"), MessageAttributes(message_id="redirected"))
+        await bus.wait_until_idle(timeout=10)
+        k, k2 = await counter(bus, "k"), await counter(bus, "k2")
+
+    assert (k.seen, k2.seen) == (["holder"], ["redirected"])
+
+
+class CompletingLogs(MemoryTransport):
+    """The memory transport, logging as it completes a delivery (as RabbitMQ does when the
+    connection a delivery came on is lost)."""
+
+    async def complete(self, delivery: Delivery) -> None:
+        self._logger.warning("completing %s", delivery.message.message_id)
+        await super().complete(delivery)
+
+
+async def test_what_a_transport_logs_as_it_settles_a_batched_message_names_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = counter_bus(transport=CompletingLogs())
+    with caplog.at_level(logging.WARNING, logger="busflow.transport"):
+        async with bus:
+            await started(bus)
+            await bus.publish(Bump(key="k", pause=0.05), MessageAttributes(message_id="first"))
+            for n in range(3):
+                await bus.publish(Bump(key="k"), MessageAttributes(message_id=f"waiting-{n}"))
+            await bus.wait_until_idle(timeout=10)
+
+    assert bus.metrics.coalesced == 3
+    completing = [
+        (record.getMessage(), getattr(record, "message_id", None))
+        for record in caplog.records
+        if record.getMessage().startswith("completing ")
+    ]
+    assert len(completing) == 5  # the start, the first bump and the three batched with it
+    assert all(text == f"completing {message_id}" for text, message_id in completing)

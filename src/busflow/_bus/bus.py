@@ -212,8 +212,7 @@ class Bus:
             telemetry=self._telemetry,
             cache=StateCache(
                 settings.state_cache_size,
-                # set before initialize, as they decide the persistence's indexes
-                functools.cache(functools.partial(unique_running_fields, persistence)),
+                functools.partial(unique_running_fields, persistence),
             ),
             coalescing=settings.coalescing,
         )
@@ -410,7 +409,7 @@ class Bus:
         publish: bool,
         due_at: datetime | None,
     ) -> None:
-        if Message not in type(message).__mro__:  # isinstance, without the ABC machinery
+        if not isinstance(message, Message):
             raise TypeError(f"only busflow Message instances can be sent, not {message!r}")
         if due_at is not None and self._timeouts is None:
             raise ConfigurationError(

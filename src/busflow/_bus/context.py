@@ -53,15 +53,15 @@ class HandlingContext:
         bus: WorkflowSender,
         incoming: MessageAttributes,
         *,
-        workflow_name: str | None,
-        workflow_id: str | None,
+        workflow: tuple[str, str] | None,
         handler: str,
     ) -> None:
+        """``workflow``: the name and id of the workflow whose handler runs here; ``None`` for
+        a plain handler."""
         self.bus = bus
         self.incoming = incoming
-        self.workflow_name = workflow_name
-        """The workflow whose handler runs here; ``None`` for a plain handler."""
-        self.workflow_id = workflow_id
+        self.workflow_name: str | None = None if workflow is None else workflow[0]
+        self.workflow_id: str | None = None if workflow is None else workflow[1]
         self.handler = handler
         self.outbox: list[Outgoing] = []
         self.open = True
@@ -88,7 +88,7 @@ class HandlingContext:
         given = given or MessageAttributes()
         sticky = dict(self.incoming.sticky_attributes)
         plain = dict(given.attributes)
-        if self.workflow_name is not None:
+        if self.workflow_name is not None:  # and so its id
             sticky[WORKFLOW_ID] = self.workflow_id
             sticky[WORKFLOW_NAME] = self.workflow_name
             plain[SENT_BY_WORKFLOW_ID] = self.workflow_id

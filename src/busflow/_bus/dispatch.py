@@ -112,7 +112,7 @@ class Dispatcher:
                 plan.append((key, self._unit(subscriber, handling, key, queued=False)))
             else:
                 job = self._unit(subscriber, handling, key, queued=True)
-                waiting = WaitingRun(subscriber, handling, subscriber.name, lookup_value=value)
+                waiting = WaitingRun(subscriber, handling, subscriber.name)
                 turns.wait_behind(key, job, waiting)
         return plan
 
@@ -132,8 +132,7 @@ class Dispatcher:
         context = HandlingContext(
             self._sender,
             handling.attributes,
-            workflow_name=None,
-            workflow_id=None,
+            workflow=None,
             handler=subscriber.name,
         )
         self._metrics.handler_runs += 1
@@ -149,8 +148,8 @@ class Dispatcher:
     async def _settle(self, handling: Handling) -> None:
         """Acknowledge, retry or dead-letter a delivery whose units are all over.
 
-        It may run in the task of whichever unit ended last: each log record it makes names
-        the message itself.
+        It runs in the task of whichever unit ended last, within that unit's log fields:
+        each unit names its message.
         """
         delivery, failures = handling.delivery, handling.failures
         message = delivery.message
@@ -158,17 +157,10 @@ class Dispatcher:
             try:
                 await self._transport.complete(delivery)
             except Exception:
-                with about_message(message):
-                    self._could_not_settle(message)
+                self._could_not_settle(message)
             finally:
                 self._settled(message, False)
             return
-        with about_message(message):
-            await self._settle_failed(handling)
-
-    async def _settle_failed(self, handling: Handling) -> None:
-        delivery, failures = handling.delivery, handling.failures
-        message = delivery.message
         retryable = all(is_retryable(failure.error) for failure in failures)
         if not retryable or message.attempt >= self._policy.max_attempts:
             await self._dead_letter(delivery, failures, completed=handling.completed)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from busflow._messages import Message, MessageAttributes
 from busflow._workflow import MessageWorkflowMapping, WorkflowState, WorkflowStatus
@@ -26,7 +26,7 @@ __all__ = ["LOOKUP_FAILED", "Job", "Queued", "Turns", "WorkflowKeys", "run_looku
 Job = Callable[[], Awaitable[None]]
 
 
-LOOKUP_FAILED: Any = object()
+LOOKUP_FAILED: Final[object] = object()
 """What ``run_lookup`` gives for a lookup that raised."""
 
 

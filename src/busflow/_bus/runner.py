@@ -18,7 +18,7 @@ from busflow._bus.context import HandlingContext, Outgoing
 from busflow._bus.handling import Handling, being_cancelled
 from busflow._bus.ids import workflow_id_for
 from busflow._bus.metrics import BusMetrics
-from busflow._bus.ordering import LOOKUP_FAILED, Queued, Turns, WorkflowKeys
+from busflow._bus.ordering import Queued, Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox, to_record
 from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import WorkflowSubscriber
@@ -26,7 +26,7 @@ from busflow._bus.telemetry import NoTelemetry, Telemetry
 from busflow._bus.timeouts import DUE_AT_ATTRIBUTE
 from busflow._errors import HandlerResultError, WorkflowConcurrencyError, WorkflowUniquenessError
 from busflow._logs import about_message, about_workflow, error_for_log, timed
-from busflow._persistence import Persistence, find_workflow
+from busflow._persistence import Persistence, find_workflow, resolve_lookup
 from busflow._values import lookup_key
 from busflow._workflow import (
     MessageWorkflowMapping,
@@ -56,9 +56,6 @@ class WaitingRun:
     """What the waiting unit records when it succeeds."""
     workflow_id: str | None = None
     """The instance it will run on, where that is known before its lookup."""
-    lookup_value: object = LOOKUP_FAILED
-    """What its subscriber's lookup gave for its message (see ``run_lookup``), where the
-    instance is not known."""
 
 
 class _StaleLookupError(Exception):
@@ -464,8 +461,7 @@ class WorkflowRunner:
         context = HandlingContext(
             self._sender,
             handling.attributes,
-            workflow_name=name,
-            workflow_id=workflow_id,
+            workflow=(name, workflow_id),
             handler=subscriber.name,
         )
         self._metrics.handler_runs += 1
@@ -544,11 +540,17 @@ class WorkflowRunner:
             return subject.workflow_id == state.workflow_id
         if not self._cache.answers(subscriber.state_type, mapping.maps_to):
             return False
-        value = subject.lookup_value
-        if value is None or value is LOOKUP_FAILED:
+        # Looked up now, not when the message arrived: a handler of the same message may
+        # have changed the attributes a lookup reads. A lookup that fails, or gives a value
+        # no state can hold, runs on its own, which reports it.
+        try:
+            value = resolve_lookup(
+                mapping, handling.message, handling.attributes, where=state.workflow_name
+            )
+        except Exception:
             return False
-        # A value no state can hold has a key equal to nothing (and the run, on its own,
-        # reports it): lookup_key compares as the persistence does.
+        if value is None:
+            return False
         return lookup_key(value) == lookup_key(getattr(state, mapping.maps_to))
 
     def _put_back(self, state: WorkflowState, taken: list[Queued]) -> None:
@@ -567,11 +569,12 @@ class WorkflowRunner:
         waiting = queued.subject
         assert isinstance(waiting, WaitingRun)
         handling = waiting.handling
-        instance = f"{waiting.subscriber.name}@{workflow_id}"
-        handling.completed.append(instance)
-        if waiting.completion != instance:
-            handling.completed.append(waiting.completion)
-        await handling.unit_done()  # the settling names its message in its log records
+        with about_message(handling.delivery.message):  # this worker holds another message
+            instance = f"{waiting.subscriber.name}@{workflow_id}"
+            handling.completed.append(instance)
+            if waiting.completion != instance:
+                handling.completed.append(waiting.completion)
+            await handling.unit_done()
 
     async def _save(
         self, subscriber: WorkflowSubscriber[Any], handling: Handling, state: WorkflowState
