@@ -295,24 +295,13 @@ BY_KEY_ATTRIBUTE: MessageWorkflowMapping[Any, CounterState] = MessageWorkflowMap
 )
 
 
-class RedirectableCounter(Workflow[CounterState]):
-    """Finds its counter by the ``key`` attribute where a message has one."""
+class RedirectableCounter(CounterWorkflow):
+    """The counter, found by the ``key`` attribute where a bump has one."""
 
     def configure_workflow(self, mapper: WorkflowMapper[CounterState]) -> None:
         mapper.with_state(CounterState).started_by(Start, self.start).when(
             Bump, self.bump, BY_KEY_ATTRIBUTE
         )
-
-    async def start(
-        self, message: Start, state: CounterState, attributes: MessageAttributes
-    ) -> dict[str, Any]:
-        return {"key": message.key}
-
-    async def bump(
-        self, message: Bump, state: CounterState, attributes: MessageAttributes
-    ) -> dict[str, Any]:
-        await asyncio.sleep(message.pause)
-        return {"seen": [*state.seen, str(attributes.message_id)]}
 
 
 async def redirect(message: Bump, attributes: MessageAttributes) -> None:

@@ -59,8 +59,8 @@ class StateCache:
     ) -> WorkflowState | None:
         """Take the one running state a lookup names, if it is here; ``None`` otherwise (then
         ask the persistence, which also reports a lookup that fails)."""
-        if self._size == 0 or not self.answers(state_type, mapping.maps_to):
-            return None
+        if not self._states or not self.answers(state_type, mapping.maps_to):
+            return None  # empty (or off), as with a persistence whose saves return nothing
         try:
             value = resolve_lookup(mapping, message, attributes, where=state_type.workflow_name)
         except Exception:
