@@ -49,13 +49,6 @@ class LogFields:
 LOG_FIELDS = tuple(field.name for field in fields(LogFields))
 """The names of the attributes every busflow log record carries."""
 
-_message: contextvars.ContextVar[_MessageFields | None] = contextvars.ContextVar(
-    "busflow_log_message", default=None
-)
-_workflow: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
-    "busflow_log_workflow", default=(None, None)
-)
-
 
 class _MessageFields(Protocol):
     """What a log record says of the message being handled (a ``TransportMessage`` has it)."""
@@ -66,6 +59,14 @@ class _MessageFields(Protocol):
     def message_id(self) -> str: ...
     @property
     def correlation_id(self) -> str | None: ...
+
+
+_message: contextvars.ContextVar[_MessageFields | None] = contextvars.ContextVar(
+    "busflow_log_message", default=None
+)
+_workflow: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
+    "busflow_log_workflow", default=(None, None)
+)
 
 
 class _AboutMessage:

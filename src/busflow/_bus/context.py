@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 from datetime import datetime, timedelta
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from busflow._bus.ids import derived_message_id
 from busflow._messages import Message, MessageAttributes
@@ -22,8 +22,6 @@ __all__ = [
     "Outgoing",
     "current_context",
 ]
-
-T = TypeVar("T")
 
 
 class Outgoing(NamedTuple):
