@@ -98,7 +98,10 @@ class _Table:
 
 def _fresh_copy(state: S) -> S:
     """A copy that shares no mutable value with ``state``: cheaper than a deep copy."""
-    return type(state).model_validate(state.model_dump(), by_alias=False, by_name=True)
+    copy: S = type(state).__pydantic_validator__.validate_python(
+        state.model_dump(), by_alias=False, by_name=True
+    )
+    return copy
 
 
 @dataclass

@@ -646,7 +646,10 @@ def _read_back(
     state_type: type[WorkflowState], data: dict[str, Any], where: str, workflow_id: str
 ) -> WorkflowState:
     try:
-        return state_type.model_validate(data, by_alias=True, by_name=True)
+        read_back: WorkflowState = state_type.__pydantic_validator__.validate_python(
+            data, by_alias=True, by_name=True
+        )
+        return read_back
     except ValidationError as error:
         problem = error.errors()[0]
         path = ".".join(str(part) for part in problem["loc"])

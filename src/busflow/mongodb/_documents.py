@@ -152,7 +152,10 @@ class StateLayout:
             if key in document:
                 data[name] = decode_value(document[key])
         try:
-            return self.state_type.model_validate(data, by_alias=True, by_name=True)
+            state: WorkflowState = self.state_type.__pydantic_validator__.validate_python(
+                data, by_alias=True, by_name=True
+            )
+            return state
         except ValidationError as error:
             problems = "; ".join(
                 f"{'.'.join(str(part) for part in problem['loc']) or '(document)'}: "
