@@ -162,15 +162,13 @@ class _Timed:
 
     def __init__(self, logger: logging.Logger, handler: str, message_name: str) -> None:
         self._logger, self._handler, self._message_name = logger, handler, message_name
-        self._started: float | None = None
+        self._started = 0.0
 
     def __enter__(self) -> None:
         self._logger.debug("%s started on %s", self._handler, self._message_name)
         self._started = time.perf_counter()
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if self._started is None:
-            return
         duration_ms = (time.perf_counter() - self._started) * 1000
         self._logger.debug(
             "%s %s on %s in %.3f ms",

@@ -22,6 +22,7 @@ from busflow._workflow import (
     WorkflowStatus,
     check_mapping_fields,
     check_state_type,
+    state_from,
 )
 
 __all__ = ["InMemoryPersistence"]
@@ -98,10 +99,7 @@ class _Table:
 
 def _fresh_copy(state: S) -> S:
     """A copy that shares no mutable value with ``state``: cheaper than a deep copy."""
-    copy: S = type(state).__pydantic_validator__.validate_python(
-        state.model_dump(), by_alias=False, by_name=True
-    )
-    return copy
+    return state_from(type(state), state.model_dump(), by_alias=False)
 
 
 @dataclass

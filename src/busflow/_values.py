@@ -43,7 +43,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from busflow._errors import InvalidStateValueError
-from busflow._workflow import WorkflowState, WorkflowStatus
+from busflow._workflow import WorkflowState, WorkflowStatus, state_from
 
 __all__ = [
     "APPLIED",
@@ -646,10 +646,7 @@ def _read_back(
     state_type: type[WorkflowState], data: dict[str, Any], where: str, workflow_id: str
 ) -> WorkflowState:
     try:
-        read_back: WorkflowState = state_type.__pydantic_validator__.validate_python(
-            data, by_alias=True, by_name=True
-        )
-        return read_back
+        return state_from(state_type, data, by_alias=True)
     except ValidationError as error:
         problem = error.errors()[0]
         path = ".".join(str(part) for part in problem["loc"])

@@ -115,7 +115,6 @@ class Bus:
         self._telemetry: Telemetry = (
             NoTelemetry() if settings.telemetry is None else settings.telemetry(self.metrics)
         )
-        self._traced = settings.telemetry is not None
         self._logger_factory = with_log_fields(settings.core_dependencies.logger_factory)
         self._logger = self._logger_factory("busflow.bus")
         self._lifecycle = _Lifecycle.BUILT
@@ -363,9 +362,7 @@ class Bus:
         With ``deliver_at`` (timezone-aware) or ``deliver_after`` it is delivered then,
         stored meanwhile by the persistence, which must be a ``TimeoutStore``.
         """
-        delayed = deliver_at is not None or deliver_after is not None
-        due_at = due_time(deliver_at, deliver_after) if delayed else None
-        await self._dispatch(message, attributes, False, due_at)
+        await self._dispatch(message, attributes, False, due_time(deliver_at, deliver_after))
 
     async def publish(
         self,
@@ -376,9 +373,7 @@ class Bus:
         deliver_after: timedelta | None = None,
     ) -> None:
         """Publish an event; like ``send``, it may be delayed."""
-        delayed = deliver_at is not None or deliver_after is not None
-        due_at = due_time(deliver_at, deliver_after) if delayed else None
-        await self._dispatch(message, attributes, True, due_at)
+        await self._dispatch(message, attributes, True, due_time(deliver_at, deliver_after))
 
     async def wait_until_idle(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Return once nothing this bus sent to itself is queued, waiting or being handled.
@@ -437,11 +432,7 @@ class Bus:
         if due_at is not None:
             await self._send_now(Outgoing(message, attributes, message_id, publish, due_at))
             return
-        assert self._routes is not None
-        encoded = self._routes.encode(message, attributes, message_id)
-        await self._deliver(
-            self._telemetry.carry(encoded) if self._traced else encoded, publish=publish
-        )
+        await self._deliver(self._encoded(message, attributes, message_id), publish=publish)
 
     async def _send_now(self, outgoing: Outgoing) -> None:
         dispatchable = self._encode(outgoing)
@@ -451,9 +442,15 @@ class Bus:
             await self._deliver(dispatchable.message, publish=dispatchable.publish)
 
     def _encode(self, outgoing: Outgoing) -> Dispatchable:
+        message = self._encoded(outgoing.message, outgoing.attributes, outgoing.message_id)
+        return Dispatchable(message, outgoing.publish, outgoing.due_at)
+
+    def _encoded(
+        self, message: Message, attributes: MessageAttributes, message_id: str
+    ) -> TransportMessage:
+        """``message`` as it travels, carrying the current trace context."""
         assert self._routes is not None
-        message = self._routes.encode(outgoing.message, outgoing.attributes, outgoing.message_id)
-        return Dispatchable(self._telemetry.carry(message), outgoing.publish, outgoing.due_at)
+        return self._telemetry.carry(self._routes.encode(message, attributes, message_id))
 
     async def _schedule(
         self, messages: Sequence[Dispatchable], sender: WorkflowState | None

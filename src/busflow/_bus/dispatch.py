@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from busflow._bus.context import HandlingContext, Outgoing
 from busflow._bus.handling import Failure, Handling
 from busflow._bus.metrics import BusMetrics
-from busflow._bus.ordering import Job, Turns, WorkflowKeys, run_lookup
+from busflow._bus.ordering import Job, Turns, WorkflowKeys
 from busflow._bus.outbox import Dispatchable, Outbox
 from busflow._bus.retries import RetryPolicy, is_retryable
 from busflow._bus.routing import PlainSubscriber, Routes, Subscriber
@@ -90,24 +90,24 @@ class Dispatcher:
         Each workflow's turn is claimed before any handler runs, so that arrival order holds
         even while an earlier subscriber of this message awaits.
         """
-        done_before = handling.delivery.message.completed_by
         turns = self._turns
         plan: list[tuple[Hashable | None, Job]] = []
         for subscriber in self._routes.subscribers(handling.delivery.message.name):
-            if done_before and subscriber.name in done_before:
+            if handling.already_done(subscriber.name):
                 continue
             if (
                 turns is None
                 or isinstance(subscriber, PlainSubscriber)
-                or subscriber.starts_workflow
+                or subscriber.route.starts_workflow
             ):
                 # no turn to take: a start makes a new workflow, a plain handler has none
                 plan.append((None, self._unit(subscriber, handling, None, queued=False)))
                 continue
             mapping = subscriber.route.mapping
             assert mapping is not None  # only a start has none
-            value = run_lookup(mapping, handling.message, handling.attributes)
-            key = self._keys.of_lookup(subscriber.state_type, mapping, value)
+            key = self._keys.of_lookup(
+                subscriber.state_type, mapping, handling.message, handling.attributes
+            )
             if key is None or turns.claim(key):
                 plan.append((key, self._unit(subscriber, handling, key, queued=False)))
             else:
@@ -122,7 +122,7 @@ class Dispatcher:
         work: Job
         if isinstance(subscriber, PlainSubscriber):
             work = functools.partial(self._run_plain, subscriber, handling)
-        elif subscriber.starts_workflow:
+        elif subscriber.route.starts_workflow:
             work = functools.partial(self._runner.start, subscriber, handling)
         else:
             work = functools.partial(self._runner.continue_workflows, subscriber, handling, key)
@@ -154,12 +154,7 @@ class Dispatcher:
         delivery, failures = handling.delivery, handling.failures
         message = delivery.message
         if not failures:
-            try:
-                await self._transport.complete(delivery)
-            except Exception:
-                self._could_not_settle(message)
-            finally:
-                self._settled(message, False)
+            await self._call(self._transport.complete(delivery), message, retried=False)
             return
         retryable = all(is_retryable(failure.error) for failure in failures)
         if not retryable or message.attempt >= self._policy.max_attempts:
@@ -215,14 +210,11 @@ class Dispatcher:
         try:
             await settling
         except Exception:
-            self._could_not_settle(message)
+            self._logger.exception(
+                "could not settle %s (message id %s) with the transport; it will be "
+                "delivered again if the transport keeps unsettled messages",
+                message.name,
+                message.message_id,
+            )
         finally:
             self._settled(message, retried)
-
-    def _could_not_settle(self, message: TransportMessage) -> None:
-        self._logger.exception(
-            "could not settle %s (message id %s) with the transport; it will be "
-            "delivered again if the transport keeps unsettled messages",
-            message.name,
-            message.message_id,
-        )

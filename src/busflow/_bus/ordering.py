@@ -16,29 +16,14 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
 
 from busflow._messages import Message, MessageAttributes
 from busflow._workflow import MessageWorkflowMapping, WorkflowState, WorkflowStatus
 
-__all__ = ["LOOKUP_FAILED", "Job", "Queued", "Turns", "WorkflowKeys", "run_lookup"]
+__all__ = ["Job", "Queued", "Turns", "WorkflowKeys"]
 
 Job = Callable[[], Awaitable[None]]
-
-
-LOOKUP_FAILED: Final[object] = object()
-"""What ``run_lookup`` gives for a lookup that raised."""
-
-
-def run_lookup(
-    mapping: MessageWorkflowMapping[Any, Any], message: Message, attributes: MessageAttributes
-) -> object:
-    """The value a mapping's lookup gives for a message, as it gives it, or ``LOOKUP_FAILED``:
-    the persistence, which runs it again, reports a lookup that fails."""
-    try:
-        return mapping.lookup(message, attributes)
-    except Exception:
-        return LOOKUP_FAILED
 
 
 class Queued(NamedTuple):
@@ -112,15 +97,16 @@ class WorkflowKeys:
         self,
         state_type: type[WorkflowState],
         mapping: MessageWorkflowMapping[Any, Any],
-        value: object,
+        message: Message,
+        attributes: MessageAttributes,
     ) -> Hashable | None:
-        """The key for a message whose lookup by ``mapping`` gave ``value`` (see
-        ``run_lookup``); ``None`` where it has no value."""
-        if value is None or value is LOOKUP_FAILED:
-            return None
+        """The key for a message that ``mapping`` routes; ``None`` where it has no value."""
         try:
+            value = mapping.lookup(message, attributes)
             hash(value)
-        except Exception:  # the persistence refuses such a value; no ordering for it
+        except Exception:  # the persistence reports a broken lookup; no ordering for it
+            return None
+        if value is None:
             return None
         if mapping.maps_to == "workflow_id" and isinstance(value, str):
             return self.of_instance(state_type, value)

@@ -63,10 +63,6 @@ class WorkflowSubscriber(Generic[S]):
         handler_name = getattr(self.route.handler, "__name__", None) or repr(self.route.handler)
         return f"{type(self.workflow).__name__}.{handler_name}"
 
-    @functools.cached_property
-    def starts_workflow(self) -> bool:
-        return self.route.starts_workflow
-
 
 Subscriber: TypeAlias = PlainSubscriber | WorkflowSubscriber[Any]
 
@@ -141,9 +137,7 @@ class Routes:
             attributes.correlation_id,
             attributes.attributes,
             attributes.sticky_attributes,
-            1,  # attempt
-            (),  # completed_by
-            None if message_type.partition_by is None else _partition_value(message),
+            partition_key=_partition_value(message),
         )
 
     def decode(self, message: TransportMessage) -> tuple[Message, MessageAttributes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -27,7 +26,7 @@ from busflow._bus.timeouts import DUE_AT_ATTRIBUTE
 from busflow._errors import HandlerResultError, WorkflowConcurrencyError, WorkflowUniquenessError
 from busflow._logs import about_message, about_workflow, error_for_log, timed
 from busflow._persistence import Persistence, find_workflow, resolve_lookup
-from busflow._values import lookup_key
+from busflow._values import lookup_key, stored_keys
 from busflow._workflow import (
     MessageWorkflowMapping,
     WorkflowSender,
@@ -35,6 +34,7 @@ from busflow._workflow import (
     WorkflowStatus,
     addressee_of,
     sender_of,
+    state_from,
 )
 
 __all__ = ["WaitingRun", "WorkflowRunner", "apply_handler_result"]
@@ -141,8 +141,10 @@ class WorkflowRunner:
         originator = addressee_of(handling.attributes)
         for _ in range(self._policy.max_stalled_conflicts):
             workflow_id = derived or str(uuid.uuid4())
-            state: WorkflowState = state_type.__pydantic_validator__.validate_python(
-                {"workflow_id": workflow_id, "workflow_originator": originator}
+            state = state_from(
+                state_type,
+                {"workflow_id": workflow_id, "workflow_originator": originator},
+                by_alias=False,
             )
             with about_workflow(state_type.workflow_name, workflow_id):
                 try:
@@ -525,15 +527,14 @@ class WorkflowRunner:
         subscriber, handling = subject.subscriber, subject.handling
         message_id = handling.attributes.message_id
         mapping = subscriber.route.mapping
-        done_before = handling.delivery.message.completed_by
         if (
             subscriber.state_type is not type(state)
-            or subscriber.starts_workflow
+            or subscriber.route.starts_workflow
             or mapping is None
             or message_id is None
             or message_id in in_batch
             or message_id in state.workflow_applied
-            or (done_before and f"{subscriber.name}@{state.workflow_id}" in done_before)
+            or handling.already_done(f"{subscriber.name}@{state.workflow_id}")
         ):
             return False
         if subject.workflow_id is not None:
@@ -660,9 +661,9 @@ def apply_handler_result(state: S, result: object, *, handler_name: str) -> S | 
         return state
     state_type = type(state)
     if type(result) is dict or isinstance(result, Mapping):  # a dict without the ABC check
-        fields = _field_names(state_type)
-        if not result.keys() <= fields:
-            unknown = set(result) - fields
+        fields = stored_keys(state_type)  # keyed by field name, and cached
+        if not result.keys() <= fields.keys():
+            unknown = set(result) - set(fields)
             raise HandlerResultError(
                 f"{handler_name} returned changes to {sorted(map(str, unknown))}, which are "
                 f"not fields of {state_type.__name__}"
@@ -688,12 +689,7 @@ def apply_handler_result(state: S, result: object, *, handler_name: str) -> S | 
     data["workflow_outbox"] = state.workflow_outbox
     data["workflow_originator"] = state.workflow_originator
     try:
-        # the model's validator itself, once per message: model_validate's wrapper costs
-        # half as much again
-        updated: S = state_type.__pydantic_validator__.validate_python(
-            data, by_name=True, by_alias=False
-        )
-        return updated
+        return state_from(state_type, data, by_alias=False)
     except ValidationError as error:
         problems = ", ".join(
             f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}"
@@ -702,8 +698,3 @@ def apply_handler_result(state: S, result: object, *, handler_name: str) -> S | 
         raise HandlerResultError(
             f"{handler_name} returned a change that does not fit {state_type.__name__} ({problems})"
         ) from None
-
-
-@functools.cache
-def _field_names(state_type: type[WorkflowState]) -> frozenset[str]:
-    return frozenset(state_type.model_fields)

@@ -37,7 +37,7 @@ from busflow._values import (
     store_state,
     stored_keys,
 )
-from busflow._workflow import WorkflowState, WorkflowStatus
+from busflow._workflow import WorkflowState, WorkflowStatus, state_from
 from busflow.mongodb._decimal128 import from_decimal128, to_decimal128
 
 __all__ = [
@@ -152,10 +152,7 @@ class StateLayout:
             if key in document:
                 data[name] = decode_value(document[key])
         try:
-            state: WorkflowState = self.state_type.__pydantic_validator__.validate_python(
-                data, by_alias=True, by_name=True
-            )
-            return state
+            return state_from(self.state_type, data, by_alias=True)
         except ValidationError as error:
             problems = "; ".join(
                 f"{'.'.join(str(part) for part in problem['loc']) or '(document)'}: "
