@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -46,14 +47,20 @@ def counter_bus(
     reports: list[Reported] | None = None,
     persistence: InMemoryPersistence | None = None,
     transport: MemoryTransport | None = None,
+    workflow: type[CounterWorkflow] = CounterWorkflow,
+    before_it: Callable[[Bump, MessageAttributes], Awaitable[None]] | None = None,
 ) -> Bus:
+    """A bus of the counter ``workflow``; ``before_it``, if given, handles each ``Bump`` too,
+    registered first."""
     persistence = persistence or InMemoryPersistence()
     if unique:
         persistence.with_workflow_options(CounterState, unique_running=["key"])
+    configuration = Bus.configure()
+    if before_it is not None:
+        configuration.with_handler(Bump, before_it)
     configuration = (
-        Bus.configure()
-        .with_persistence(persistence)
-        .with_workflow(CounterWorkflow)
+        configuration.with_persistence(persistence)
+        .with_workflow(workflow)
         .with_concurrency(BUMPS)
         .with_coalescing(coalescing)
         .with_transport(transport or MemoryTransport())
@@ -314,16 +321,7 @@ async def redirect(message: Bump, attributes: MessageAttributes) -> None:
 async def test_a_waiting_message_goes_where_its_lookup_leads_when_it_runs(
     coalescing: bool,
 ) -> None:
-    persistence = InMemoryPersistence().with_workflow_options(CounterState, unique_running=["key"])
-    bus = (
-        Bus.configure()
-        .with_persistence(persistence)
-        .with_handler(Bump, redirect)
-        .with_workflow(RedirectableCounter)
-        .with_concurrency(4)
-        .with_coalescing(coalescing)
-        .build()
-    )
+    bus = counter_bus(coalescing=coalescing, workflow=RedirectableCounter, before_it=redirect)
     async with bus:
         await started(bus, "k")
         await started(bus, "k2")
